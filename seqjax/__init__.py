@@ -1,0 +1,19 @@
+"""seqjax: recurrent networks and Transformers on long-range dependency tasks, in JAX.
+
+Shape vocabulary, used in every docstring:
+  b: batch, t: time, d: input features, h: hidden size, g: number of gates,
+  L: number of layers, n: number of directions (2 if bidirectional).
+
+Modules:
+  cells:          pure RNN/LSTM/GRU cells (`init`, `initial_carry`, `project`, `step`).
+  scan:           running a cell over time with `lax.scan`, with per-example lengths.
+  layers:         `RNN`, `LSTM`, `GRU`: deep, bidirectional, PyTorch's arguments.
+  torch_weights:  exact conversion to and from PyTorch state_dicts.
+  linen:          Flax linen wrappers of the cells and layers.
+"""
+
+from seqjax import cells, scan
+from seqjax.cells import LSTMState
+from seqjax.layers import GRU, LSTM, RNN
+
+__all__ = ["GRU", "LSTM", "RNN", "LSTMState", "cells", "scan"]

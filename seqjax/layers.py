@@ -1,0 +1,303 @@
+"""Deep and bidirectional recurrent layers with PyTorch's arguments and conventions.
+
+`RNN`, `LSTM` and `GRU` are frozen dataclasses of static configuration; their
+parameters are a plain pytree made by `init` and passed to `apply`:
+
+    params[layer][direction] -> cell parameters (see `seqjax.cells`)
+
+a tuple over `num_layers` of tuples over directions (forward, then backward).
+
+Shapes: t = time, b = batch, d = `input_size`, h = `hidden_size`,
+L = `num_layers`, n = 2 if `bidirectional` else 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax import cells, scan, torch_weights
+from seqjax.cells import LSTMState, Nonlinearity, RecurrentInit
+
+Array = jax.Array
+Params = tuple[tuple[dict[str, Array], ...], ...]
+
+
+def _concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recurrent:
+    """Shared machinery of RNN, LSTM and GRU; see their docstrings.
+
+    Each subclass defines `cell`, the pure cell that every layer and direction runs.
+    """
+
+    _paired_state: ClassVar[bool] = False  # the LSTM's state is (h, c)
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    _: dataclasses.KW_ONLY
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+    recurrent_init: RecurrentInit | str = RecurrentInit.UNIFORM
+    unroll: int = 1
+
+    def __post_init__(self):
+        for name in ("input_size", "hidden_size", "num_layers", "unroll"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
+        self.cell  # noqa: B018 -- builds the cell now so that bad options fail here.
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def layer_input_size(self, layer: int) -> int:
+        """Feature size that layer `layer` (0-based) reads."""
+        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+
+    def init(self, key: Array, dtype: Any = jnp.float32) -> Params:
+        """Draws parameters: `params[layer][direction]` as in the module docstring."""
+        keys = jax.random.split(key, (self.num_layers, self.num_directions))
+        return tuple(
+            tuple(
+                self.cell.init(keys[l, d], self.layer_input_size(l), dtype)
+                for d in range(self.num_directions)
+            )
+            for l in range(self.num_layers)
+        )
+
+    def initial_state(self, batch_size: int, dtype: Any = jnp.float32) -> Any:
+        """Zeros shaped like `final_state`: `[L*n, b, h]` (a pair for the LSTM)."""
+        return self.cell.initial_carry((self.num_layers * self.num_directions, batch_size), dtype)
+
+    def params_from_torch(self, state_dict: dict[str, Any]) -> Params:
+        """Parameters from a PyTorch `state_dict` of NumPy arrays (exact)."""
+        return torch_weights.params_from_torch(self, state_dict)
+
+    def params_to_torch(self, params: Params) -> dict[str, np.ndarray]:
+        """A PyTorch `state_dict` (NumPy arrays) from parameters (exact)."""
+        return torch_weights.params_to_torch(self, params)
+
+    def apply(
+        self,
+        params: Params,
+        inputs: Array,
+        initial_state: Any = None,
+        *,
+        lengths: Array | None = None,
+        key: Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[Array, Any]:
+        """Runs the layer over a (padded) batch of sequences.
+
+        Args:
+          params: from `init` or `params_from_torch`.
+          inputs: `[t, b, d]`, or `[b, t, d]` if `batch_first`, or `[t, d]` for
+            one unbatched sequence.
+          initial_state: `[L*n, b, h]` (`[L*n, h]` unbatched), a pair `(h0, c0)` of
+            those for the LSTM; zeros if None.
+          lengths: optional `[b]` integers in `[0, t]`, the valid length of each
+            sequence, as PyTorch's packed sequences. Outputs past a length are
+            zero and the final state is taken at each sequence's last valid step;
+            the backward direction reads each sequence reversed within its length.
+          key: PRNG key for dropout between layers; needed when `dropout > 0` and
+            not `deterministic`.
+          deterministic: if True, no dropout.
+
+        Returns:
+          `(outputs, final_state)`: outputs `[t, b, n*h]` (`[b, t, n*h]` if
+          `batch_first`, `[t, n*h]` unbatched), the last layer's hidden states with
+          directions concatenated; final_state like `initial_state`, ordered
+          `layer0_forward, layer0_backward, layer1_forward, ...`.
+        """
+        inputs = jnp.asarray(inputs)
+        if inputs.ndim not in (2, 3):
+            layout = "[batch, time, input_size]" if self.batch_first else "[time, batch, input_size]"
+            raise ValueError(
+                f"inputs must have shape {layout} or [time, input_size]; got shape {inputs.shape}"
+            )
+        if inputs.shape[-1] != self.input_size:
+            raise ValueError(
+                f"inputs last axis must be input_size={self.input_size}; got shape {inputs.shape}"
+            )
+        unbatched = inputs.ndim == 2
+        if unbatched:
+            xs = inputs[:, None]
+        else:
+            xs = jnp.swapaxes(inputs, 0, 1) if self.batch_first else inputs
+        num_steps, batch = xs.shape[:2]
+        lengths = self._check_lengths(lengths, batch, num_steps, unbatched)
+        carries = self._check_state(initial_state, batch, xs.dtype, unbatched)
+        if len(params) != self.num_layers or any(len(p) != self.num_directions for p in params):
+            raise ValueError(
+                f"params must hold {self.num_layers} layers of {self.num_directions} direction(s); "
+                "make them with init() or params_from_torch()"
+            )
+        use_dropout = self.dropout > 0 and not deterministic and self.num_layers > 1
+        if use_dropout and key is None:
+            raise ValueError("key is required when dropout > 0 and deterministic=False")
+
+        outputs, final_state = self._run(params, xs, carries, lengths, key, use_dropout)
+        if unbatched:
+            return outputs[:, 0], jax.tree.map(lambda s: s[:, 0], final_state)
+        return (jnp.swapaxes(outputs, 0, 1) if self.batch_first else outputs), final_state
+
+    # Compiled once per configuration (the layer is hashable), also when called eagerly.
+    @functools.partial(jax.jit, static_argnums=(0, 6))
+    def _run(self, params, xs, carries, lengths, key, use_dropout):
+        """xs: [t, b, d] -> (outputs [t, b, n*h], final state [L*n, b, h])."""
+        finals = []
+        for l, layer_params in enumerate(params):
+            ys = []
+            for d, p in enumerate(layer_params):
+                # One big matmul over all steps; the scan carries only the recurrence.
+                gx = self.cell.project(p, xs)  # [t, b, g*h]
+                carry, y = scan.scan(
+                    self.cell.step,
+                    p,
+                    carries[l * self.num_directions + d],
+                    gx,
+                    lengths=lengths,
+                    reverse=d == 1,
+                    unroll=self.unroll,
+                )
+                finals.append(carry)
+                ys.append(y)
+            xs = jnp.concatenate(ys, axis=-1) if len(ys) > 1 else ys[0]  # [t, b, n*h]
+            if use_dropout and l < self.num_layers - 1:
+                key, sub = jax.random.split(key)
+                keep = jax.random.bernoulli(sub, 1.0 - self.dropout, xs.shape)
+                xs = jnp.where(keep, xs / (1.0 - self.dropout), 0).astype(xs.dtype)
+
+        return xs, jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)  # [L*n, b, h]
+
+    def _check_lengths(self, lengths, batch, num_steps, unbatched):
+        if lengths is None:
+            return None
+        lengths = jnp.asarray(lengths)
+        if unbatched:
+            lengths = lengths.reshape(-1)
+        if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise ValueError(
+                f"lengths must be integers of shape [batch]=({batch},); "
+                f"got shape {lengths.shape} and dtype {lengths.dtype}"
+            )
+        if _concrete(lengths) and batch:
+            # NumPy, so that the check stays on the host even inside a caller's jit.
+            host = np.asarray(lengths)
+            low, high = host.min(), host.max()
+            if low < 0 or high > num_steps:
+                raise ValueError(
+                    f"lengths must lie in [0, time={num_steps}]; got values from {low} to {high}"
+                )
+        return lengths
+
+    def _check_state(self, state, batch, dtype, unbatched):
+        """Returns a list of L*n carries, each with leaves [b, h]."""
+        if state is None:
+            state = self.initial_state(batch, dtype)
+        else:
+            expected = (
+                (self.num_layers * self.num_directions,)
+                + (() if unbatched else (batch,))
+                + (self.hidden_size,)
+            )
+            leaves = state if self._paired_state else (state,)
+            if self._paired_state and (not isinstance(state, tuple) or len(state) != 2):
+                raise ValueError("initial_state of an LSTM must be a pair (h0, c0)")
+            for leaf in leaves:
+                if jnp.shape(leaf) != expected:
+                    raise ValueError(
+                        f"initial_state must have shape [num_layers*num_directions, batch, hidden_size]="
+                        f"{expected}; got {jnp.shape(leaf)}"
+                    )
+            leaves = [jnp.asarray(x) for x in leaves]
+            if unbatched:
+                leaves = [x[:, None] for x in leaves]
+            state = LSTMState(*leaves) if self._paired_state else leaves[0]
+        return [
+            jax.tree.map(lambda s, i=i: s[i], state) for i in range(self.num_layers * self.num_directions)
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
+class RNN(_Recurrent):
+    """Multi-layer Elman RNN with tanh or relu, as PyTorch's `nn.RNN`.
+
+    Args (as PyTorch): input_size, hidden_size, num_layers, and keyword-only
+    nonlinearity ("tanh" or "relu"), bias, batch_first, dropout (between layers,
+    not after the last), bidirectional. seqjax extras: recurrent_init (see
+    `seqjax.cells.RecurrentInit`) and unroll (forwarded to `lax.scan`).
+
+    >>> layer = RNN(input_size=4, hidden_size=8, num_layers=2, batch_first=True)
+    >>> params = layer.init(jax.random.key(0))
+    >>> outputs, h_n = layer.apply(params, jnp.ones((3, 5, 4)))
+    >>> outputs.shape, h_n.shape
+    ((3, 5, 8), (2, 3, 8))
+    """
+
+    nonlinearity: Nonlinearity | str = Nonlinearity.TANH
+
+    @functools.cached_property
+    def cell(self) -> cells.Cell:
+        return cells.rnn(
+            self.hidden_size, self.nonlinearity, bias=self.bias, recurrent_init=self.recurrent_init
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTM(_Recurrent):
+    """Multi-layer LSTM, as PyTorch's `nn.LSTM` (without `proj_size`).
+
+    Arguments as `RNN` (no nonlinearity), plus `forget_bias`: if set, the forget
+    gate's total bias starts at this value (see `seqjax.cells.lstm`). The state is
+    a pair `(h, c)`.
+
+    >>> layer = LSTM(input_size=4, hidden_size=8, bidirectional=True)
+    >>> params = layer.init(jax.random.key(0))
+    >>> outputs, (h_n, c_n) = layer.apply(params, jnp.ones((5, 3, 4)))
+    >>> outputs.shape, h_n.shape, c_n.shape
+    ((5, 3, 16), (2, 3, 8), (2, 3, 8))
+    """
+
+    forget_bias: float | None = None
+    _paired_state: ClassVar[bool] = True
+
+    @functools.cached_property
+    def cell(self) -> cells.Cell:
+        return cells.lstm(
+            self.hidden_size,
+            bias=self.bias,
+            recurrent_init=self.recurrent_init,
+            forget_bias=self.forget_bias,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class GRU(_Recurrent):
+    """Multi-layer GRU, as PyTorch's `nn.GRU`; arguments as `RNN` (no nonlinearity).
+
+    >>> layer = GRU(input_size=4, hidden_size=8, num_layers=3)
+    >>> params = layer.init(jax.random.key(0))
+    >>> outputs, h_n = layer.apply(params, jnp.ones((5, 3, 4)), lengths=jnp.array([5, 2, 0]))
+    >>> outputs.shape, h_n.shape
+    ((5, 3, 8), (3, 3, 8))
+    """
+
+    @functools.cached_property
+    def cell(self) -> cells.Cell:
+        return cells.gru(self.hidden_size, bias=self.bias, recurrent_init=self.recurrent_init)
