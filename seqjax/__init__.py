@@ -10,6 +10,8 @@ Modules:
   layers:         `RNN`, `LSTM`, `GRU`: deep, bidirectional, PyTorch's arguments.
   torch_weights:  exact conversion to and from PyTorch state_dicts.
   linen:          Flax linen wrappers of the cells and layers.
+  transformer:    a small pre-LayerNorm Transformer with a KV cache for decoding.
+  models:         task models (input encoding, backbone, readout); `count_params`.
 """
 
 from seqjax import cells, scan

@@ -28,10 +28,6 @@ Array = jax.Array
 Params = tuple[tuple[dict[str, Array], ...], ...]
 
 
-def _concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Recurrent:
     """Shared machinery of RNN, LSTM and GRU; see their docstrings.
@@ -140,7 +136,9 @@ class _Recurrent:
         else:
             xs = jnp.swapaxes(inputs, 0, 1) if self.batch_first else inputs
         num_steps, batch = xs.shape[:2]
-        lengths = self._check_lengths(lengths, batch, num_steps, unbatched)
+        if unbatched and lengths is not None:
+            lengths = jnp.reshape(lengths, (-1,))
+        lengths = scan.check_lengths(lengths, batch, num_steps)
         carries = self._check_state(initial_state, batch, xs.dtype, unbatched)
         if len(params) != self.num_layers or any(len(p) != self.num_directions for p in params):
             raise ValueError(
@@ -184,27 +182,6 @@ class _Recurrent:
                 xs = jnp.where(keep, xs / (1.0 - self.dropout), 0).astype(xs.dtype)
 
         return xs, jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)  # [L*n, b, h]
-
-    def _check_lengths(self, lengths, batch, num_steps, unbatched):
-        if lengths is None:
-            return None
-        lengths = jnp.asarray(lengths)
-        if unbatched:
-            lengths = lengths.reshape(-1)
-        if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise ValueError(
-                f"lengths must be integers of shape [batch]=({batch},); "
-                f"got shape {lengths.shape} and dtype {lengths.dtype}"
-            )
-        if _concrete(lengths) and batch:
-            # NumPy, so that the check stays on the host even inside a caller's jit.
-            host = np.asarray(lengths)
-            low, high = host.min(), host.max()
-            if low < 0 or high > num_steps:
-                raise ValueError(
-                    f"lengths must lie in [0, time={num_steps}]; got values from {low} to {high}"
-                )
-        return lengths
 
     def _check_state(self, state, batch, dtype, unbatched):
         """Returns a list of L*n carries, each with leaves [b, h]."""

@@ -7,8 +7,37 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
+
+
+def check_lengths(lengths: Any, batch: int, num_steps: int) -> Array | None:
+    """Validates per-example lengths and returns them as an int32 `[b]` array.
+
+    Raises:
+      ValueError: lengths are not integers of shape `[batch]`, or (when their
+        values are known, i.e. not traced) lie outside `[0, num_steps]`.
+    """
+    if lengths is None:
+        return None
+    if not isinstance(lengths, jax.core.Tracer):
+        host = np.asarray(lengths)  # on the host, even inside a caller's jit
+        if host.shape != (batch,) or not np.issubdtype(host.dtype, np.integer):
+            raise ValueError(
+                f"lengths must be integers of shape [batch]=({batch},); "
+                f"got shape {host.shape} and dtype {host.dtype}"
+            )
+        if batch and (host.min() < 0 or host.max() > num_steps):
+            raise ValueError(
+                f"lengths must lie in [0, time={num_steps}]; got values from {host.min()} to {host.max()}"
+            )
+    elif lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(
+            f"lengths must be integers of shape [batch]=({batch},); "
+            f"got shape {lengths.shape} and dtype {lengths.dtype}"
+        )
+    return jnp.asarray(lengths, jnp.int32)
 
 
 def _mask(valid: Array, new: Any, old: Any) -> Any:

@@ -1,0 +1,342 @@
+"""A small pre-LayerNorm Transformer, as pure functions over a plain pytree.
+
+It has the recurrent layers' interface: `init(key) -> params` and
+`apply(params, inputs, *, lengths=None, key=None, deterministic=True)`, with
+batch-first inputs, so that the same model code and training loop run both.
+
+Shapes: b = batch, t = time, d = `input_size` (continuous inputs), v =
+`vocab_size` (token inputs), m = `d_model`, n = `num_heads`, k = m // n (head
+size), f = `mlp_dim`, s = `max_len` (cache or learned-position length).
+
+    x = embed(inputs) (+ positions)                       # [b, t, m]
+    for each block:
+        x = x + dropout(attention(layer_norm(x)))         # pre-LN (Xiong et al. 2020)
+        x = x + dropout(mlp(layer_norm(x)))               # gelu MLP
+    y = layer_norm(x)                                     # [b, t, m]
+
+Attention goes through `jax.nn.dot_product_attention`, which picks fused
+kernels where the platform has them; padding comes from per-example lengths.
+Attention weights are stored as Flax's `MultiHeadDotProductAttention` stores
+them: `wq, wk, wv: [m, n, k]`, `bq, bk, bv: [n, k]`, `wo: [n, k, m]`, `bo: [m]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.cells import as_enum
+from seqjax.scan import check_lengths
+
+Array = jax.Array
+Params = dict[str, Any]
+
+
+class Positional(enum.Enum):
+    """How positions enter the model.
+
+    LEARNED: a trained [s, m] table added to the embeddings (no extrapolation
+    past `max_len`). SINUSOIDAL: the fixed table of Vaswani et al. 2017, added.
+    ROPE: rotary embeddings of queries and keys (Su et al. 2021), so attention
+    scores depend only on relative positions. NONE: no positional information
+    (a causal model can still infer position).
+    """
+
+    LEARNED = "learned"
+    SINUSOIDAL = "sinusoidal"
+    ROPE = "rope"
+    NONE = "none"
+
+
+class KVCache(NamedTuple):
+    """Keys and values of past steps, for step-by-step decoding."""
+
+    k: Array  # [L, b, s, n, k]
+    v: Array  # [L, b, s, n, k]
+    position: Array  # [], int32: the next position to write
+
+
+def sinusoidal(positions: Array, d_model: int, dtype: Any = jnp.float32) -> Array:
+    """The fixed position code of Vaswani et al. 2017, sin and cos interleaved.
+
+    Args:
+      positions: integer positions of any shape `[...]`.
+      d_model: m, even.
+      dtype: of the result.
+
+    Returns:
+      `[..., m]`: feature 2i is sin(p / 10000^(2i/m)), feature 2i+1 its cos.
+    """
+    rates = jnp.exp(-math.log(10000.0) * jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
+    angles = positions.astype(jnp.float32)[..., None] * rates  # [..., m/2]
+    table = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)  # [..., m/2, 2]
+    return table.reshape(*positions.shape, d_model).astype(dtype)
+
+
+def rope(x: Array, positions: Array, base: float = 10000.0) -> Array:
+    """Rotary position embedding (Su et al. 2021), half-split layout.
+
+    Args:
+      x: `[b, t, n, k]` queries or keys, k even.
+      positions: `[t]` or `[b, t]` integer positions.
+      base: frequency base.
+
+    Returns:
+      `x` with each pair (x[..., i], x[..., i + k/2]) rotated by `positions * base^(-2i/k)`.
+    """
+    half = x.shape[-1] // 2
+    # Angles grow with position: compute them in at least float32.
+    dtype = x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.float32
+    freqs = base ** (-jnp.arange(half, dtype=dtype) / half)  # [k/2]
+    angles = positions.astype(dtype)[..., None] * freqs  # [(b,) t, k/2]
+    angles = jnp.broadcast_to(angles, (*x.shape[:2], half))[:, :, None, :]  # [b, t, 1, k/2]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    x1, x2 = x[..., :half].astype(dtype), x[..., half:].astype(dtype)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def _layer_norm(p: Params, x: Array, eps: float = 1e-6) -> Array:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def _dropout(x: Array, rate: float, key: Array | None) -> Array:
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transformer:
+    """Pre-LayerNorm Transformer encoder (bidirectional) or decoder-only (causal).
+
+    Args:
+      d_model: m, the width.
+      num_heads: n; must divide d_model.
+      num_layers: number of blocks.
+      vocab_size: token inputs `[b, t]` of ints in [0, v); or
+      input_size: continuous inputs `[b, t, d]`. Exactly one of the two.
+      mlp_dim: f, the MLP's hidden width; 4 * d_model if None.
+      dropout: rate on embeddings, attention and MLP outputs (training only).
+      causal: decoder-only if True (position t sees positions <= t).
+      positional: see `Positional`.
+      max_len: s, the number of learned positions (LEARNED only).
+      attention_fn: `(q, k, v, *, is_causal, key_value_seq_lengths) -> out` on
+        `[b, t, n, k]` arrays; `jax.nn.dot_product_attention` (fused kernels where
+        available) unless replaced, e.g. by a reference implementation.
+
+    >>> model = Transformer(d_model=16, num_heads=2, num_layers=2, vocab_size=10)
+    >>> params = model.init(jax.random.key(0))
+    >>> model.apply(params, jnp.zeros((3, 7), jnp.int32)).shape
+    (3, 7, 16)
+    """
+
+    d_model: int
+    num_heads: int
+    num_layers: int
+    vocab_size: int | None = None
+    input_size: int | None = None
+    mlp_dim: int | None = None
+    dropout: float = 0.0
+    causal: bool = True
+    positional: Positional | str = Positional.ROPE
+    max_len: int = 512
+    attention_fn: Callable[..., Array] = jax.nn.dot_product_attention
+
+    def __post_init__(self):
+        for name in ("d_model", "num_heads", "num_layers", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model}")
+        if (self.vocab_size is None) == (self.input_size is None):
+            raise ValueError("give exactly one of vocab_size (token inputs) and input_size (features)")
+        if self.positional_kind is Positional.ROPE and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head size d_model // num_heads; got {self.head_dim}")
+        if self.positional_kind is Positional.SINUSOIDAL and self.d_model % 2:
+            raise ValueError(f"sinusoidal positions need an even d_model; got {self.d_model}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
+
+    @functools.cached_property
+    def positional_kind(self) -> Positional:
+        return as_enum(Positional, self.positional, "positional")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp_dim or 4 * self.d_model
+
+    def init(self, key: Array, dtype: Any = jnp.float32) -> Params:
+        """Draws parameters (LeCun-normal dense weights, zero biases, unit LayerNorms)."""
+        m, n, k, f = self.d_model, self.num_heads, self.head_dim, self.hidden_dim
+        dense = jax.nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+        dense_out = jax.nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        lecun = jax.nn.initializers.lecun_normal()
+        zeros, ones = jnp.zeros, jnp.ones
+        key_embed, key_pos, *block_keys = jax.random.split(key, 2 + self.num_layers)
+
+        def norm():
+            return {"scale": ones((m,), dtype), "bias": zeros((m,), dtype)}
+
+        def block(key):
+            kq, kk, kv, ko, k1, k2 = jax.random.split(key, 6)
+            attn = {f"w{c}": dense(kc, (m, n, k), dtype) for c, kc in zip("qkv", (kq, kk, kv), strict=True)}
+            attn |= {f"b{c}": zeros((n, k), dtype) for c in "qkv"}
+            attn |= {"wo": dense_out(ko, (n, k, m), dtype), "bo": zeros((m,), dtype)}
+            mlp = {"w1": lecun(k1, (m, f), dtype), "b1": zeros((f,), dtype)}
+            mlp |= {"w2": lecun(k2, (f, m), dtype), "b2": zeros((m,), dtype)}
+            return {"ln1": norm(), "attn": attn, "ln2": norm(), "mlp": mlp}
+
+        if self.vocab_size is not None:
+            # Flax's nn.Embed default: unit variance per feature.
+            embed = {"tokens": jax.random.normal(key_embed, (self.vocab_size, m), dtype)}
+        else:
+            embed = {"w": lecun(key_embed, (self.input_size, m), dtype), "b": zeros((m,), dtype)}
+        params = {"embed": embed, "blocks": [block(bk) for bk in block_keys], "ln_f": norm()}
+        if self.positional_kind is Positional.LEARNED:
+            params["positions"] = 0.02 * jax.random.normal(key_pos, (self.max_len, m), dtype)
+        return params
+
+    def _embed(self, params: Params, inputs: Array, positions: Array) -> Array:
+        """inputs: [b, t] tokens or [b, t, d]; positions: [t] ints -> [b, t, m]."""
+        if self.vocab_size is not None:
+            x = params["embed"]["tokens"][inputs]
+        else:
+            x = inputs @ params["embed"]["w"] + params["embed"]["b"]
+        kind = self.positional_kind
+        if kind is Positional.LEARNED:
+            x = x + params["positions"][positions]
+        elif kind is Positional.SINUSOIDAL:
+            x = x + sinusoidal(positions, self.d_model, x.dtype)
+        return x
+
+    def _block(self, p, x, positions, lengths, key, cache_kv=None, cache_position=None):
+        """One pre-LN block. x: [b, t, m]. With a cache ([b, s, n, k] pair), writes this
+        step's keys and values at `cache_position` and attends over the cache."""
+        keys = jax.random.split(key, 2) if key is not None else (None, None)
+        a = p["attn"]
+        h = _layer_norm(p["ln1"], x)
+        q, k, v = (jnp.einsum("btm,mnk->btnk", h, a[f"w{c}"]) + a[f"b{c}"] for c in "qkv")
+        if self.positional_kind is Positional.ROPE:
+            q, k = rope(q, positions), rope(k, positions)
+        if cache_kv is None:
+            out = self.attention_fn(q, k, v, is_causal=self.causal, key_value_seq_lengths=lengths)
+            new_kv = None
+        else:
+            ck, cv = cache_kv
+            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_position, axis=1)
+            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_position, axis=1)
+            seen = jnp.full((x.shape[0],), cache_position + 1, jnp.int32)
+            out = self.attention_fn(q, ck, cv, is_causal=False, key_value_seq_lengths=seen)
+            new_kv = (ck, cv)
+        x = x + _dropout(jnp.einsum("btnk,nkm->btm", out, a["wo"]) + a["bo"], self.dropout, keys[0])
+        mlp = p["mlp"]
+        h = jax.nn.gelu(_layer_norm(p["ln2"], x) @ mlp["w1"] + mlp["b1"])
+        x = x + _dropout(h @ mlp["w2"] + mlp["b2"], self.dropout, keys[1])
+        return x, new_kv
+
+    def _check_inputs(self, inputs: Array) -> None:
+        if self.vocab_size is not None:
+            if inputs.ndim != 2 or not jnp.issubdtype(inputs.dtype, jnp.integer):
+                raise ValueError(
+                    f"inputs must be integer tokens [batch, time]; got {inputs.dtype}{inputs.shape}"
+                )
+        elif inputs.ndim != 3 or inputs.shape[-1] != self.input_size:
+            raise ValueError(
+                f"inputs must have shape [batch, time, input_size={self.input_size}]; got {inputs.shape}"
+            )
+        if self.positional_kind is Positional.LEARNED and inputs.shape[1] > self.max_len:
+            raise ValueError(
+                f"inputs have {inputs.shape[1]} steps; learned positions stop at max_len={self.max_len}"
+            )
+
+    def apply(
+        self,
+        params: Params,
+        inputs: Array,
+        *,
+        lengths: Array | None = None,
+        key: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """Runs the Transformer over a batch.
+
+        Args:
+          params: from `init`.
+          inputs: `[b, t]` int tokens, or `[b, t, d]` features.
+          lengths: optional `[b]` valid lengths; keys past a length are masked
+            and outputs past it are zero.
+          key: PRNG key for dropout; needed when `dropout > 0` and not deterministic.
+          deterministic: if True, no dropout.
+
+        Returns:
+          `[b, t, m]` features after the final LayerNorm.
+        """
+        inputs = jnp.asarray(inputs)
+        self._check_inputs(inputs)
+        if self.dropout > 0 and not deterministic and key is None:
+            raise ValueError("key is required when dropout > 0 and deterministic=False")
+        if deterministic or self.dropout == 0:
+            key = None
+        lengths = check_lengths(lengths, inputs.shape[0], inputs.shape[1])
+        return self._run(params, inputs, lengths, key)
+
+    # Compiled once per configuration (the model is hashable), also when called eagerly.
+    @functools.partial(jax.jit, static_argnums=0)
+    def _run(self, params: Params, inputs: Array, lengths: Array | None, key: Array | None) -> Array:
+        positions = jnp.arange(inputs.shape[1])
+        x = self._embed(params, inputs, positions)
+        if key is not None:
+            key, sub = jax.random.split(key)
+            x = _dropout(x, self.dropout, sub)
+        for i, p in enumerate(params["blocks"]):
+            x, _ = self._block(p, x, positions, lengths, None if key is None else jax.random.fold_in(key, i))
+        y = _layer_norm(params["ln_f"], x)
+        if lengths is not None:
+            y = jnp.where((positions[None, :] < lengths[:, None])[..., None], y, 0).astype(y.dtype)
+        return y
+
+    def init_cache(self, batch_size: int, max_len: int, dtype: Any = jnp.float32) -> KVCache:
+        """An empty cache for decoding up to `max_len` steps of `batch_size` sequences."""
+        if not self.causal:
+            raise ValueError("step-by-step decoding needs causal=True")
+        if self.positional_kind is Positional.LEARNED and max_len > self.max_len:
+            raise ValueError(f"max_len={max_len} exceeds the {self.max_len} learned positions")
+        shape = (self.num_layers, batch_size, max_len, self.num_heads, self.head_dim)
+        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+    def decode_step(self, params: Params, cache: KVCache, inputs: Array) -> tuple[KVCache, Array]:
+        """One step of causal decoding; equals `apply` at that position.
+
+        Args:
+          params: from `init`.
+          cache: from `init_cache` or the previous step.
+          inputs: `[b]` tokens or `[b, d]` features for the step at `cache.position`.
+
+        Returns:
+          `(cache, y)`, y: `[b, m]`.
+        """
+        position = cache.position
+        positions = position[None]  # [1]
+        x = self._embed(params, inputs[:, None], positions)
+        ks, vs = [], []
+        for i, p in enumerate(params["blocks"]):
+            x, (k, v) = self._block(p, x, positions, None, None, (cache.k[i], cache.v[i]), position)
+            ks.append(k)
+            vs.append(v)
+        y = _layer_norm(params["ln_f"], x)[:, 0]
+        return KVCache(jnp.stack(ks), jnp.stack(vs), position + 1), y
