@@ -1,0 +1,308 @@
+"""Training engine: several runs (seeds x learning rates) in one compiled program.
+
+A run's state is a `TrainState` pytree; a group of R runs is the same pytree with
+a leading `[R]` axis, trained by one `jax.vmap`-ed, jitted step. Every run's data
+and dropout stream is a pure function of its seed and step, so a run is
+reproducible bit for bit, whether trained alone, in a group, or resumed from a
+checkpoint.
+
+    state = init_state(model, optimizer, seeds, learning_rates)      # [R] runs
+    state, history = train(model, task, config, seeds, learning_rates, workdir)
+
+Checkpoints are orbax's (atomic: written to a temporary directory, then
+renamed); `resume=True` continues from the latest one. Metrics go to
+`workdir/metrics.jsonl`, one line per run per log step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from seqjax.tasks import Batch, Loss
+
+Array = jax.Array
+
+# Independent streams derived from a run's seed.
+_TRAIN_STREAM, _EVAL_STREAM, _INIT_STREAM = 0, 1, 2
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: Array  # [], int32: steps taken
+    seed: Array  # [], int32: the run's seed; every random stream derives from it
+    learning_rate: Array  # [], float32: the peak learning rate
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What a group of runs shares.
+
+    Args:
+      length: the task's length knob during training (see `seqjax.tasks`).
+      steps: optimisation steps.
+      batch_size: examples per step.
+      warmup_steps: linear warm-up, then cosine decay to `final_lr_fraction` of the peak.
+      clip_norm: global gradient-norm clipping (None: off).
+      weight_decay: decoupled (AdamW) weight decay.
+      log_every: steps per compiled chunk, between metrics lines.
+      eval_every: steps between evaluations on fresh batches (a multiple of log_every).
+      checkpoint_every: steps between checkpoints (a multiple of log_every; 0: off).
+      eval_batches: batches per evaluation.
+    """
+
+    length: int
+    steps: int = 2000
+    batch_size: int = 64
+    warmup_steps: int = 100
+    final_lr_fraction: float = 0.1
+    clip_norm: float | None = 1.0
+    weight_decay: float = 0.0
+    log_every: int = 50
+    eval_every: int = 250
+    checkpoint_every: int = 500
+    eval_batches: int = 4
+
+    def __post_init__(self):
+        for name in ("length", "steps", "batch_size", "log_every", "eval_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) % self.log_every:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} must be a multiple of log_every={self.log_every}"
+                )
+        if self.steps % self.log_every:
+            raise ValueError(f"steps={self.steps} must be a multiple of log_every={self.log_every}")
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Clipping, Adam and a warm-up + cosine schedule of unit peak.
+
+    The peak learning rate is applied in the step instead (`TrainState.learning_rate`),
+    so that it can differ between vmapped runs of one compiled program.
+    """
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, 1.0, min(config.warmup_steps, config.steps), config.steps, end_value=config.final_lr_fraction
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(config.weight_decay),
+        optax.scale_by_schedule(schedule),
+    )
+
+
+def loss_and_metrics(task: Any, outputs: Array, batch: Batch) -> tuple[Array, Array]:
+    """Masked loss and accuracy.
+
+    Args:
+      task: gives the loss kind (and the tolerance of regression accuracy).
+      outputs: `[b, t, o]` model outputs.
+      batch: the targets and masks.
+
+    Returns:
+      `(loss, accuracy)`, scalars: the loss averaged over `loss_mask` positions,
+      the accuracy over `eval_mask` positions (argmax for classes; within
+      `task.tolerance` for regression).
+    """
+    if task.loss is Loss.CROSS_ENTROPY:
+        per_step = optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), batch.targets)
+        correct = jnp.argmax(outputs, axis=-1) == batch.targets
+    else:
+        error = outputs[..., 0].astype(jnp.float32) - batch.targets
+        per_step = error**2
+        correct = jnp.abs(error) < task.tolerance
+    loss = jnp.sum(per_step * batch.loss_mask) / jnp.maximum(jnp.sum(batch.loss_mask), 1.0)
+    accuracy = jnp.sum(correct.astype(jnp.float32) * batch.eval_mask) / jnp.maximum(
+        jnp.sum(batch.eval_mask), 1.0
+    )
+    return loss, accuracy
+
+
+def _stream(seed: Array, stream: int) -> Array:
+    return jax.random.fold_in(jax.random.key(seed), stream)
+
+
+def init_state(
+    model: Any, optimizer: optax.GradientTransformation, seeds: Sequence[int], learning_rates: Sequence[float]
+) -> TrainState:
+    """States of R runs, leaves with a leading `[R]` axis; run i has seeds[i] and learning_rates[i]."""
+
+    def one(seed, lr):
+        params = model.init(_stream(seed, _INIT_STREAM))
+        return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), seed, lr)
+
+    seeds = jnp.asarray(seeds, jnp.int32)
+    return jax.jit(jax.vmap(one))(seeds, jnp.asarray(learning_rates, jnp.float32))
+
+
+def make_train_chunk(model: Any, task: Any, config: TrainConfig, optimizer: optax.GradientTransformation):
+    """A jitted `(states [R]) -> (states, metrics [R, log_every])` that takes `log_every`
+    steps of every run without returning to the host. The input states are donated."""
+
+    def step(state: TrainState, _):
+        key = jax.random.fold_in(_stream(state.seed, _TRAIN_STREAM), state.step)
+        data_key, dropout_key = jax.random.split(key)
+        batch = task.sample(data_key, config.batch_size, config.length)
+
+        def loss_fn(params):
+            outputs = model.apply(
+                params, batch.inputs, lengths=batch.lengths, key=dropout_key, deterministic=False
+            )
+            return loss_and_metrics(task, outputs, batch)
+
+        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: -state.learning_rate * u, updates)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
+        return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+    def chunk(state: TrainState):
+        return jax.lax.scan(step, state, None, length=config.log_every)
+
+    return jax.jit(jax.vmap(chunk), donate_argnums=0)
+
+
+def make_evaluate(model: Any, task: Any, config: TrainConfig):
+    """A jitted `(params [R], seeds [R], length) -> (loss [R], accuracy [R])` on fresh
+    batches of the evaluation stream (the same batches at every call); `length` is static."""
+
+    def evaluate(params, seed, length):
+        def one(i):
+            batch = task.sample(jax.random.fold_in(_stream(seed, _EVAL_STREAM), i), config.batch_size, length)
+            return loss_and_metrics(task, model.apply(params, batch.inputs, lengths=batch.lengths), batch)
+
+        losses, accuracies = jax.lax.map(one, jnp.arange(config.eval_batches))
+        return losses.mean(), accuracies.mean()
+
+    return jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)), static_argnums=2)
+
+
+@functools.cache
+def _programs(model: Any, task: Any, config: TrainConfig):
+    """Optimizer and compiled programs, shared by every `train` call of one
+    configuration (models, tasks and configs are hashable dataclasses)."""
+    optimizer = make_optimizer(config)
+    return optimizer, make_train_chunk(model, task, config, optimizer), make_evaluate(model, task, config)
+
+
+def _checkpoint_manager(workdir: pathlib.Path, config: TrainConfig) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=config.checkpoint_every or 1)
+    return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
+
+
+def _read_history(path: pathlib.Path, up_to_step: int) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if line["step"] <= up_to_step]
+
+
+def train(
+    model: Any,
+    task: Any,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    learning_rates: Sequence[float],
+    workdir: str | pathlib.Path,
+    *,
+    resume: bool = False,
+    on_log: Callable[[int, list[dict]], None] | None = None,
+) -> tuple[TrainState, list[dict]]:
+    """Trains R = len(seeds) runs together (run i: seeds[i], learning_rates[i]).
+
+    Args:
+      model: has `init(key)` and `apply(params, inputs, *, lengths, key, deterministic)`.
+      task: a `seqjax.tasks` task.
+      config: the shared settings.
+      seeds, learning_rates: one entry per run.
+      workdir: where `metrics.jsonl` and `checkpoints/` go.
+      resume: continue from the latest checkpoint in workdir if there is one
+        (otherwise start afresh, discarding old metrics).
+      on_log: called after each logged chunk with the step and its metric lines.
+
+    Returns:
+      The final states `[R]` and the metrics history (dicts with run, seed,
+      learning_rate, step, loss, accuracy, grad_norm, seconds, tokens_per_second,
+      and eval_loss / eval_accuracy at evaluation steps).
+    """
+    if len(seeds) != len(learning_rates):
+        raise ValueError(f"seeds and learning_rates must pair up; got {len(seeds)} and {len(learning_rates)}")
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    optimizer, train_chunk, evaluate = _programs(model, task, config)
+    state = init_state(model, optimizer, seeds, learning_rates)
+    manager = _checkpoint_manager(workdir, config) if config.checkpoint_every else None
+    metrics_path = workdir / "metrics.jsonl"
+    history: list[dict] = []
+    start = 0
+    if resume and manager is not None and manager.latest_step() is not None:
+        start = manager.latest_step()
+        state = manager.restore(start, args=ocp.args.StandardRestore(state))
+        history = _read_history(metrics_path, start)
+        logging.info("resumed %s at step %d", workdir, start)
+    metrics_path.write_text("".join(json.dumps(line) + "\n" for line in history))
+
+    tokens_per_chunk = len(seeds) * config.batch_size * task.num_steps(config.length) * config.log_every
+    clock = time.perf_counter()
+    elapsed = history[-1]["seconds"] if history else 0.0
+    for step in range(start + config.log_every, config.steps + 1, config.log_every):
+        state, metrics = train_chunk(state)
+        metrics = jax.device_get(metrics)  # [R, log_every] each; one host transfer per chunk
+        now = time.perf_counter()
+        chunk_seconds, clock = now - clock, now
+        elapsed += chunk_seconds
+        lines = [
+            {
+                "run": r,
+                "seed": int(seeds[r]),
+                "learning_rate": float(learning_rates[r]),
+                "step": step,
+                "loss": float(np.mean(metrics["loss"][r])),
+                "accuracy": float(np.mean(metrics["accuracy"][r])),
+                "grad_norm": float(np.mean(metrics["grad_norm"][r])),
+                "seconds": elapsed,
+                "tokens_per_second": tokens_per_chunk / len(seeds) / chunk_seconds,
+            }
+            for r in range(len(seeds))
+        ]
+        if step % config.eval_every == 0 or step == config.steps:
+            eval_loss, eval_accuracy = jax.device_get(evaluate(state.params, state.seed, config.length))
+            for r, line in enumerate(lines):
+                line["eval_loss"], line["eval_accuracy"] = float(eval_loss[r]), float(eval_accuracy[r])
+        with metrics_path.open("a") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in lines))
+        history.extend(lines)
+        logging.info(
+            "%s step %d/%d: loss %s acc %s (%.0f tokens/s)",
+            workdir.name,
+            step,
+            config.steps,
+            " ".join(f"{line['loss']:.4f}" for line in lines),
+            " ".join(f"{line['accuracy']:.3f}" for line in lines),
+            lines[0]["tokens_per_second"] * len(seeds),
+        )
+        if manager is not None and (step % config.checkpoint_every == 0 or step == config.steps):
+            manager.save(step, args=ocp.args.StandardSave(state), force=step == config.steps)
+            manager.wait_until_finished()
+        if on_log is not None:
+            on_log(step, lines)
+        clock = time.perf_counter()  # checkpoint and callback time is not training time
+    if manager is not None:
+        manager.close()
+    return state, history
