@@ -17,5 +17,7 @@ Modules:
 from seqjax import cells, scan
 from seqjax.cells import LSTMState
 from seqjax.layers import GRU, LSTM, RNN
+from seqjax.models import SequenceModel, count_params
+from seqjax.transformer import Transformer
 
-__all__ = ["GRU", "LSTM", "RNN", "LSTMState", "cells", "scan"]
+__all__ = ["GRU", "LSTM", "RNN", "LSTMState", "SequenceModel", "Transformer", "cells", "count_params", "scan"]

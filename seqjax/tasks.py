@@ -324,13 +324,14 @@ class Parity:
     """Parity of a bit string (Deletang et al. 2023, Neural Networks and the Chomsky Hierarchy).
 
     Each example is a bit string (tokens 0 and 1) of length drawn uniformly from
-    [1, T], padded to T with token 2, followed by nothing: the target, read at the
-    example's last bit only, is the parity of its bits. `lengths` gives each
+    [min_length, T], padded to T with token 2: the target, read at the example's
+    last bit only, is the parity of its bits. `lengths` gives each
     example's valid length. Train at one T and evaluate at larger ones for length
     generalisation (Deletang et al. train up to 40 and test up to 500). Chance:
     loss log 2, accuracy 1/2.
     """
 
+    min_length: int = 1
     loss: ClassVar[Loss] = Loss.CROSS_ENTROPY
     name: ClassVar[str] = "parity"
     vocab_size: ClassVar[int] = 3
@@ -340,9 +341,9 @@ class Parity:
         return length
 
     def sample(self, key: Array, batch_size: int, length: int) -> Batch:
-        _check_length(length, 1, self.name)
+        _check_length(length, self.min_length, self.name)
         k_bits, k_lengths = jax.random.split(key)
-        lengths = jax.random.randint(k_lengths, (batch_size,), 1, length + 1)
+        lengths = jax.random.randint(k_lengths, (batch_size,), self.min_length, length + 1)
         valid = jnp.arange(length) < lengths[:, None]
         bits = jax.random.bernoulli(k_bits, 0.5, (batch_size, length)).astype(jnp.int32)
         bits = jnp.where(valid, bits, 0)

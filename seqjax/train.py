@@ -96,7 +96,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     so that it can differ between vmapped runs of one compiled program.
     """
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, 1.0, min(config.warmup_steps, config.steps), config.steps, end_value=config.final_lr_fraction
+        0.0, 1.0, min(config.warmup_steps, config.steps - 1), config.steps, end_value=config.final_lr_fraction
     )
     return optax.chain(
         optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),

@@ -1,0 +1,1 @@
+"""Runnable comparisons of RNN, LSTM, GRU and Transformer: `python -m experiments.<name>`."""

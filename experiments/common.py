@@ -1,0 +1,382 @@
+"""What every experiment shares: flags, the sweep, the summary files, the table and plots.
+
+An experiment module (one per task) describes itself with an `Experiment` and
+calls `main(experiment)`; everything else happens here:
+
+    python -m experiments.copy_task --models=lstm,rnn --lengths=20,50 --seeds=0,1
+
+A sweep is the cross product of the flag lists. Each (model, length) pair is one
+compiled program that trains every (seed, learning rate) together with `vmap`.
+Outputs in --workdir:
+  summary.json, summary.csv   one row per (model, length, seed, learning rate)
+  results.md                  the Markdown table printed at the end
+  learning_curves.png         evaluation loss against steps, with the baseline
+  accuracy_vs_length.png      final accuracy against length, per model
+  <model>_len<length>/        metrics.jsonl and checkpoints of that group
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import dataclasses
+import itertools
+import json
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from seqjax.models import Kind, SequenceModel, count_params
+from seqjax.train import TrainConfig, make_evaluate, train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["rnn", "lstm", "gru", "transformer"], "Backbones: rnn, lstm, gru, transformer.")
+flags.DEFINE_list(
+    "lengths", None, "Task lengths (the delay T for the copy task, the sequence length elsewhere)."
+)
+flags.DEFINE_list("seeds", ["0"], "Seeds; all of them train together in one program.")
+flags.DEFINE_list("learning_rates", ["3e-3"], "Peak learning rates; trained together with the seeds.")
+flags.DEFINE_integer("steps", None, "Training steps.")
+flags.DEFINE_integer("batch_size", 64, "Examples per step.")
+flags.DEFINE_integer("hidden_size", 64, "Hidden size of the recurrent models; d_model of the Transformer.")
+flags.DEFINE_integer("num_layers", 1, "Layers of every model.")
+flags.DEFINE_integer("num_heads", 4, "Attention heads of the Transformer.")
+flags.DEFINE_string("positional", "rope", "Transformer positions: learned, sinusoidal, rope or none.")
+flags.DEFINE_boolean("match_params", False, "Resize each model's width to the LSTM's parameter count.")
+flags.DEFINE_list("eval_lengths", [], "Extra lengths to evaluate the trained models at (generalisation).")
+flags.DEFINE_string("workdir", None, "Output directory; runs/<experiment> if unset.")
+flags.DEFINE_integer("log_every", None, "Steps between metric lines (one compiled chunk).")
+flags.DEFINE_integer("eval_every", None, "Steps between evaluations; a multiple of log_every.")
+flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints; a multiple of log_every (0: off).")
+flags.DEFINE_boolean("resume", False, "Continue each group from its latest checkpoint in --workdir.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One task's experiment.
+
+    Args:
+      name: the module name, and the default work directory.
+      task: the training task (a `seqjax.tasks` instance).
+      lengths: default lengths.
+      steps: default training steps.
+      solved_accuracy: evaluation accuracy at which a run counts as solved.
+      variants: extra tasks, by name, to evaluate the trained models on (e.g. the
+        sparse and dense flip-flop mixes).
+      learning_rates: default peak learning rates.
+      eval_lengths: default extra lengths to evaluate at (generalisation).
+      eval_task: `train_length -> task` used at those lengths (default: the task),
+        e.g. parity scored on strings longer than any seen in training.
+    """
+
+    name: str
+    task: Any
+    lengths: tuple[int, ...]
+    steps: int
+    solved_accuracy: float = 0.99
+    variants: tuple[tuple[str, Any], ...] = ()
+    learning_rates: tuple[float, ...] = (3e-3,)
+    eval_lengths: tuple[int, ...] = ()
+    eval_task: Callable[[int], Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """A sweep, as the flags give it."""
+
+    models: tuple[str, ...]
+    lengths: tuple[int, ...]
+    seeds: tuple[int, ...]
+    learning_rates: tuple[float, ...]
+    steps: int
+    batch_size: int = 64
+    hidden_size: int = 64
+    num_layers: int = 1
+    num_heads: int = 4
+    positional: str = "rope"
+    match_params: bool = False
+    eval_lengths: tuple[int, ...] = ()
+    workdir: str = "runs/experiment"
+    log_every: int = 50
+    eval_every: int = 250
+    checkpoint_every: int = 500
+    resume: bool = False
+
+
+def _parse(values: Sequence[str], kind: type, name: str) -> tuple:
+    try:
+        return tuple(kind(v) for v in values)
+    except ValueError:
+        raise app.UsageError(
+            f"--{name} must be a comma list of {kind.__name__}s; got {','.join(values)}"
+        ) from None
+
+
+def settings_from_flags(experiment: Experiment) -> Settings:
+    """Reads and checks the flags, before anything is compiled."""
+    models = tuple(m.strip().lower() for m in FLAGS.models)
+    known = [k.value for k in Kind]
+    for m in models:
+        if m not in known:
+            raise app.UsageError(f"--models: unknown model {m!r}; choose from {','.join(known)}")
+    steps = FLAGS.steps or experiment.steps
+    log_every = FLAGS.log_every or min(50, steps)
+    eval_every = FLAGS.eval_every or max(log_every, (steps // 8) // log_every * log_every)
+    checkpoint_every = FLAGS.checkpoint_every if FLAGS.checkpoint_every is not None else 10 * log_every
+    settings = Settings(
+        models=models,
+        lengths=_parse(FLAGS.lengths, int, "lengths") if FLAGS.lengths else experiment.lengths,
+        seeds=_parse(FLAGS.seeds, int, "seeds"),
+        learning_rates=_parse(FLAGS.learning_rates, float, "learning_rates")
+        if FLAGS["learning_rates"].present
+        else experiment.learning_rates,
+        steps=steps,
+        batch_size=FLAGS.batch_size,
+        hidden_size=FLAGS.hidden_size,
+        num_layers=FLAGS.num_layers,
+        num_heads=FLAGS.num_heads,
+        positional=FLAGS.positional,
+        match_params=FLAGS.match_params,
+        eval_lengths=_parse(FLAGS.eval_lengths, int, "eval_lengths")
+        if FLAGS["eval_lengths"].present
+        else experiment.eval_lengths,
+        workdir=FLAGS.workdir or f"runs/{experiment.name}",
+        log_every=log_every,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        resume=FLAGS.resume,
+    )
+    try:  # build every model and config once, so that bad values fail before compiling
+        for length in settings.lengths + settings.eval_lengths:
+            jax.eval_shape(lambda key, n=length: experiment.task.sample(key, 1, n), jax.random.key(0))
+        for length in settings.lengths:
+            _train_config(settings, length)
+        for model in settings.models:
+            _model(experiment, settings, model)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    return settings
+
+
+def _train_config(settings: Settings, length: int) -> TrainConfig:
+    return TrainConfig(
+        length=length,
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        warmup_steps=min(100, settings.steps // 10),
+        log_every=settings.log_every,
+        eval_every=settings.eval_every,
+        checkpoint_every=settings.checkpoint_every,
+    )
+
+
+def _model(
+    experiment: Experiment, settings: Settings, kind: str, hidden_size: int | None = None
+) -> SequenceModel:
+    task = experiment.task
+    return SequenceModel(
+        kind,
+        output_size=task.output_size,
+        hidden_size=hidden_size or settings.hidden_size,
+        vocab_size=task.vocab_size,
+        input_size=None if task.vocab_size else task.input_size,
+        num_layers=settings.num_layers,
+        num_heads=settings.num_heads,
+        positional=settings.positional,
+    )
+
+
+def _num_params(model: SequenceModel) -> int:
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    return count_params(shapes)
+
+
+def matched_model(experiment: Experiment, settings: Settings, kind: str) -> SequenceModel:
+    """The model of `kind` whose parameter count is closest to the LSTM's at
+    `settings.hidden_size` (widths in multiples of 2 * num_heads for the Transformer)."""
+    target = _num_params(_model(experiment, settings, "lstm"))
+    step = 2 * settings.num_heads if kind == "transformer" else 1
+    widths = list(range(step, 8 * settings.hidden_size + 1, step))
+    # Parameter counts grow with width: bisect for the first width at or above the target.
+    index = bisect.bisect_left(
+        widths, target, key=lambda h: _num_params(_model(experiment, settings, kind, h))
+    )
+    candidates = [
+        _model(experiment, settings, kind, widths[i])
+        for i in {max(index - 1, 0), min(index, len(widths) - 1)}
+    ]
+    return min(candidates, key=lambda m: abs(_num_params(m) - target))
+
+
+def run(experiment: Experiment, settings: Settings) -> list[dict]:
+    """Trains the sweep and writes the summary, table and plots; returns the rows."""
+    workdir = pathlib.Path(settings.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    task, rows, curves = experiment.task, [], {}
+    runs = list(itertools.product(settings.seeds, settings.learning_rates))
+    seeds, lrs = [s for s, _ in runs], [lr for _, lr in runs]
+    for kind, length in itertools.product(settings.models, settings.lengths):
+        if settings.match_params:
+            model = matched_model(experiment, settings, kind)
+        else:
+            model = _model(experiment, settings, kind)
+        config = _train_config(settings, length)
+        group = workdir / f"{kind}_len{length}"
+        start = time.perf_counter()
+        state, history = train(model, task, config, seeds, lrs, group, resume=settings.resume)
+        seconds = time.perf_counter() - start
+        extra = {}
+        eval_task = experiment.eval_task(length) if experiment.eval_task else task
+        for eval_length in settings.eval_lengths:
+            evaluate = make_evaluate(model, eval_task, config)
+            extra[f"accuracy_at_{eval_length}"] = jax.device_get(
+                evaluate(state.params, state.seed, eval_length)
+            )[1]
+        for name, variant in experiment.variants:
+            evaluate = make_evaluate(model, variant, config)
+            extra[f"accuracy_{name}"] = jax.device_get(evaluate(state.params, state.seed, length))[1]
+        baseline = task.baseline(length)
+        params = _num_params(model)
+        for r, (seed, lr) in enumerate(runs):
+            lines = [line for line in history if line["run"] == r]
+            evals = [line for line in lines if "eval_accuracy" in line]
+            solved_at = next(
+                (e["step"] for e in evals if e["eval_accuracy"] >= experiment.solved_accuracy), None
+            )
+            curves[(kind, length, seed, lr)] = [(e["step"], e["eval_loss"]) for e in evals]
+            rows.append(
+                {
+                    "model": kind,
+                    "length": length,
+                    "seed": seed,
+                    "learning_rate": lr,
+                    "steps": settings.steps,
+                    "hidden_size": model.hidden_size,
+                    "final_loss": evals[-1]["eval_loss"],
+                    "accuracy": evals[-1]["eval_accuracy"],
+                    "baseline_loss": baseline.loss,
+                    "baseline_accuracy": baseline.accuracy,
+                    "solved": solved_at is not None
+                    and evals[-1]["eval_accuracy"] >= experiment.solved_accuracy,
+                    "steps_to_solve": solved_at,
+                    "params": params,
+                    "seconds": seconds,
+                    "tokens_per_second": float(np.median([line["tokens_per_second"] for line in lines])),
+                    **{k: float(v[r]) for k, v in extra.items()},
+                }
+            )
+    write_summary(workdir, rows)
+    table = markdown_table(rows)
+    (workdir / "results.md").write_text(table + "\n")
+    plot(workdir, experiment, rows, curves)
+    print(f"\n{experiment.name}: results in {workdir}\n\n{table}\n")
+    return rows
+
+
+def write_summary(workdir: pathlib.Path, rows: list[dict]) -> None:
+    """summary.json and summary.csv, one row per run."""
+    (workdir / "summary.json").write_text(json.dumps(rows, indent=1))
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (workdir / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """model x length (x learning rate): means over seeds, solved counts."""
+    extra = [k for k in rows[0] if k.startswith("accuracy_")] if rows else []
+    head = ["model", "length", "lr", "final loss", "accuracy", "baseline loss", "baseline acc", "solved"]
+    head += ["steps to solve", "params", "time (s)", *extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["length"], row["learning_rate"]), []).append(row)
+    for (model, length, lr), group in groups.items():
+        solved = [r["steps_to_solve"] for r in group if r["solved"]]
+        cells = [
+            model,
+            str(length),
+            f"{lr:g}",
+            f"{np.mean([r['final_loss'] for r in group]):.4f}",
+            f"{np.mean([r['accuracy'] for r in group]):.3f}",
+            f"{group[0]['baseline_loss']:.4f}",
+            f"{group[0]['baseline_accuracy']:.3f}",
+            f"{len(solved)}/{len(group)}",
+            f"{np.mean(solved):.0f}" if solved else "-",
+            str(group[0]["params"]),
+            f"{group[0]['seconds']:.0f}",
+            *(f"{np.mean([r[k] for r in group]):.3f}" for k in extra),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(workdir: pathlib.Path, experiment: Experiment, rows: list[dict], curves: dict) -> None:
+    """learning_curves.png (one panel per length) and accuracy_vs_length.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({r["length"] for r in rows})
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colors = {m: f"C{i}" for i, m in enumerate(models)}
+    fig, axes = plt.subplots(1, len(lengths), figsize=(4.5 * len(lengths), 3.6), squeeze=False)
+    for ax, length in zip(axes[0], lengths, strict=True):
+        for (model, curve_length, seed, lr), curve in curves.items():
+            if curve_length == length and curve:
+                steps, losses = zip(*curve, strict=True)
+                label = f"{model} lr={lr:g}" if seed == min(s for _, _, s, _ in curves) else None
+                ax.plot(steps, losses, color=colors[model], alpha=0.8, label=label)
+        ax.axhline(experiment.task.baseline(length).loss, color="k", linestyle="--", label="memoryless")
+        ax.set_title(f"{experiment.name}, length {length}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("evaluation loss")
+        ax.set_yscale("log")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(workdir / "learning_curves.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for model in models:
+        means = [
+            np.mean([r["accuracy"] for r in rows if r["model"] == model and r["length"] == n])
+            for n in lengths
+        ]
+        ax.plot(lengths, means, "o-", color=colors[model], label=model)
+    ax.plot(lengths, [experiment.task.baseline(n).accuracy for n in lengths], "k--", label="memoryless")
+    ax.set_xlabel("length")
+    ax.set_ylabel("final accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(experiment.name)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(workdir / "accuracy_vs_length.png", dpi=100)
+    plt.close(fig)
+
+
+def main(experiment: Experiment) -> None:
+    """Entry point of `python -m experiments.<name>`."""
+
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        logging.set_verbosity(logging.INFO)
+        # Progress lines from seqjax and the experiments; other libraries' INFO chatter is dropped.
+        logging.get_absl_handler().addFilter(
+            lambda record: (
+                record.levelno >= logging.converter.STANDARD_WARNING
+                or "seqjax" in record.pathname
+                or "experiments" in record.pathname
+            )
+        )
+        run(experiment, settings_from_flags(experiment))
+
+    app.run(_main)

@@ -1,0 +1,90 @@
+"""Smoke tests: each experiment runs end to end on a tiny sweep and writes its outputs."""
+
+import csv
+import importlib
+import json
+
+import jax
+import pytest
+from absl import app, flags
+from absl.testing import flagsaver
+
+from experiments import common
+
+TINY = dict(seeds=(0, 1), learning_rates=(1e-2,), steps=4, batch_size=4, hidden_size=8, num_heads=2)
+TINY |= dict(log_every=2, eval_every=2, checkpoint_every=4)
+# One model per experiment keeps the compile time down; every model appears in some
+# experiment, and the slow test below runs all four on one task.
+CASES = [
+    ("copy_task", ("rnn",), (3,), ()),
+    ("adding", ("lstm",), (6,), ()),
+    ("selective_copy", ("gru",), (6,), ()),
+    ("associative_recall", ("transformer",), (16,), ()),
+    ("flip_flop", ("lstm",), (8,), (12,)),
+    ("parity", ("transformer",), (4,), (6,)),
+]
+COLUMNS = ["model", "length", "seed", "learning_rate", "steps", "final_loss", "accuracy", "baseline_loss"]
+COLUMNS += ["solved", "params", "seconds"]
+
+
+@pytest.fixture(autouse=True)
+def standard_promotion():
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+@pytest.mark.parametrize(
+    ("name", "models", "lengths", "eval_lengths"),
+    [
+        *CASES,
+        pytest.param("copy_task", ("rnn", "lstm", "gru", "transformer"), (3, 5), (), marks=pytest.mark.slow),
+    ],
+    ids=[c[0] for c in CASES] + ["copy_task_all_models"],
+)
+def test_experiment_runs_and_writes_outputs(name, models, lengths, eval_lengths, tmp_path, capsys):
+    experiment = importlib.import_module(f"experiments.{name}").EXPERIMENT
+    settings = common.Settings(
+        models=models, lengths=lengths, eval_lengths=eval_lengths, workdir=str(tmp_path), **TINY
+    )
+    rows = common.run(experiment, settings)
+    assert len(rows) == len(models) * len(lengths) * 2
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(rows))
+    with (tmp_path / "summary.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and set(COLUMNS) <= set(table[0])
+    for row in rows:
+        assert row["baseline_loss"] == pytest.approx(experiment.task.baseline(row["length"]).loss)
+        assert row["params"] > 0 and row["steps"] == 4
+        for n in eval_lengths:
+            assert 0.0 <= row[f"accuracy_at_{n}"] <= 1.0
+        for variant, _ in experiment.variants:
+            assert 0.0 <= row[f"accuracy_{variant}"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "| model | length |" in printed and all(f"| {m} |" in printed for m in models)
+    for image in ("learning_curves.png", "accuracy_vs_length.png"):
+        assert (tmp_path / image).read_bytes()[:4] == b"\x89PNG"
+    for model in models:
+        assert (tmp_path / f"{model}_len{lengths[0]}" / "metrics.jsonl").exists()
+
+
+def test_matched_parameter_counts():
+    experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
+    settings = common.Settings(models=("lstm",), lengths=(5,), **{**TINY, "hidden_size": 32})
+    target = common._num_params(common.matched_model(experiment, settings, "lstm"))
+    for kind in ("rnn", "gru", "transformer"):
+        matched = common._num_params(common.matched_model(experiment, settings, kind))
+        assert abs(matched - target) / target < 0.1, kind
+
+
+def test_bad_flags_are_reported_before_compiling():
+    experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
+    flags.FLAGS(["prog"])
+    for overrides, message in [
+        (dict(models=["lstm", "mamba"]), "unknown model 'mamba'"),
+        (dict(lengths=["10", "x"]), "--lengths must be a comma list of ints"),
+        (dict(lengths=["0"]), "length of the copy task must be an int >= 1"),
+        (dict(eval_every=7), "eval_every=7 must be a multiple of log_every=50"),
+    ]:
+        with flagsaver.flagsaver(**overrides), pytest.raises(app.UsageError, match=message):
+            common.settings_from_flags(experiment)
