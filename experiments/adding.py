@@ -11,7 +11,12 @@ from experiments import common
 from seqjax import tasks
 
 EXPERIMENT = common.Experiment(
-    name="adding", task=tasks.Adding(), lengths=(50, 100), steps=1000, solved_accuracy=0.9
+    name="adding",
+    task=tasks.Adding(),
+    lengths=(50, 100),
+    steps=1000,
+    solved_accuracy=0.9,
+    learning_rates=(1e-2,),
 )
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from experiments import common
 from seqjax import tasks
 
 EXPERIMENT = common.Experiment(
-    name="associative_recall", task=tasks.AssociativeRecall(vocab_size=64), lengths=(32, 64), steps=1000
+    name="associative_recall", task=tasks.AssociativeRecall(vocab_size=64), lengths=(32,), steps=1000
 )
 
 if __name__ == "__main__":

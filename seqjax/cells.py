@@ -38,10 +38,12 @@ Carry = Any  # Array [..., h] for RNN and GRU; LSTMState for the LSTM.
 
 
 class Nonlinearity(enum.Enum):
-    """Activation of the vanilla RNN, as PyTorch's `nonlinearity` argument."""
+    """Activation of the vanilla RNN, as PyTorch's `nonlinearity` argument; IDENTITY
+    (a linear RNN, for analysis) is seqjax's own and has no PyTorch counterpart."""
 
     TANH = "tanh"
     RELU = "relu"
+    IDENTITY = "identity"
 
 
 class RecurrentInit(enum.Enum):
@@ -179,13 +181,13 @@ def rnn(
 ) -> Cell:
     """Elman RNN cell, as PyTorch's `nn.RNNCell`.
 
-        h' = act(x @ w_ih + b_ih + h @ w_hh + b_hh),   act = tanh or relu
+        h' = act(x @ w_ih + b_ih + h @ w_hh + b_hh),   act = tanh, relu (or identity)
 
     The carry is h: `[..., h]`; the output is h'.
 
     Args:
       hidden_size: h.
-      nonlinearity: "tanh" or "relu" (or a `Nonlinearity`).
+      nonlinearity: "tanh" or "relu", or "identity" for a linear RNN (or a `Nonlinearity`).
       bias: whether to use `b_ih` and `b_hh`.
       recurrent_init: initialiser of `w_hh`; see `RecurrentInit`.
 
@@ -199,7 +201,7 @@ def rnn(
     (5, 3)
     """
     _check_size(hidden_size, "hidden_size")
-    act = {Nonlinearity.TANH: jnp.tanh, Nonlinearity.RELU: jax.nn.relu}[
+    act = {Nonlinearity.TANH: jnp.tanh, Nonlinearity.RELU: jax.nn.relu, Nonlinearity.IDENTITY: lambda x: x}[
         as_enum(Nonlinearity, nonlinearity, "nonlinearity")
     ]
     init = _make_init(hidden_size, 1, bias, as_enum(RecurrentInit, recurrent_init, "recurrent_init"))

@@ -59,6 +59,10 @@ class SequenceModel:
         always causal: they run forward in time).
       positional: the Transformer's positions; see `seqjax.transformer.Positional`.
       dropout: between recurrent layers / inside the Transformer.
+      nonlinearity: of the vanilla RNN, "tanh" or "relu".
+      forget_bias: initial forget-gate bias of the LSTM (1.0, as Gers et al. 2000
+        and Jozefowicz et al. 2015 advise, so that memory is kept from the start);
+        None keeps PyTorch's uniform draw.
     """
 
     kind: Kind | str
@@ -71,6 +75,8 @@ class SequenceModel:
     causal: bool = True
     positional: str = "rope"
     dropout: float = 0.0
+    forget_bias: float | None = 1.0
+    nonlinearity: str = "tanh"
 
     def __post_init__(self):
         if (self.vocab_size is None) == (self.input_size is None):
@@ -95,12 +101,18 @@ class SequenceModel:
                 positional=self.positional,
             )
         layer = {Kind.RNN: RNN, Kind.LSTM: LSTM, Kind.GRU: GRU}[self.kind_enum]
+        options = {
+            Kind.RNN: {"nonlinearity": self.nonlinearity},
+            Kind.LSTM: {"forget_bias": self.forget_bias},
+            Kind.GRU: {},
+        }[self.kind_enum]
         return layer(
             self.vocab_size or self.input_size,
             self.hidden_size,
             self.num_layers,
             batch_first=True,
             dropout=self.dropout,
+            **options,
         )
 
     def init(self, key: Array, dtype: Any = jnp.float32) -> dict[str, Any]:

@@ -21,3 +21,35 @@ def check_grads_by_finite_differences(loss, args, *, eps=1e-6, rtol=1e-6, direct
             jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(v), strict=True)
         )
         np.testing.assert_allclose(analytic, fd, rtol=rtol)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def numpy_step(mode, p, carry, x):
+    """PyTorch's documented equations, written out gate by gate in float64 NumPy.
+
+    mode: rnn_tanh, rnn_relu, lstm or gru; carry: h, or (h, c) for the LSTM."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    H = p["w_hh"].shape[0]
+    b_ih, b_hh = p.get("b_ih", 0.0), p.get("b_hh", 0.0)
+    gi = x @ p["w_ih"] + b_ih
+    if mode == "lstm":
+        h, c = carry
+        gh = h @ p["w_hh"] + b_hh
+        i, f, g, o = (sigmoid((gi + gh)[:, k * H : (k + 1) * H]) for k in range(4))
+        g = np.tanh((gi + gh)[:, 2 * H : 3 * H])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        return (h, c), h
+    h = carry
+    gh = h @ p["w_hh"] + b_hh
+    if mode == "gru":
+        r = sigmoid(gi[:, :H] + gh[:, :H])
+        z = sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+        n = np.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
+        h = (1 - z) * n + z * h
+    else:
+        h = np.tanh(gi + gh) if mode == "rnn_tanh" else np.maximum(gi + gh, 0)
+    return h, h

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from seqjax import cells
-from tests.helpers import check_grads_by_finite_differences
+from tests.helpers import check_grads_by_finite_differences, numpy_step
 
 B, D, H = 3, 4, 5
 CELLS = {
@@ -16,35 +16,6 @@ CELLS = {
     "lstm": lambda **kw: cells.lstm(H, **kw),
     "gru": lambda **kw: cells.gru(H, **kw),
 }
-
-
-def sigmoid(x):
-    return 1 / (1 + np.exp(-x))
-
-
-def numpy_step(mode, p, carry, x):
-    """PyTorch's documented equations, written out gate by gate in float64 NumPy."""
-    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
-    b_ih, b_hh = p.get("b_ih", 0.0), p.get("b_hh", 0.0)
-    gi = x @ p["w_ih"] + b_ih
-    if mode == "lstm":
-        h, c = carry
-        gh = h @ p["w_hh"] + b_hh
-        i, f, g, o = (sigmoid((gi + gh)[:, k * H : (k + 1) * H]) for k in range(4))
-        g = np.tanh((gi + gh)[:, 2 * H : 3 * H])
-        c = f * c + i * g
-        h = o * np.tanh(c)
-        return (h, c), h
-    h = carry
-    gh = h @ p["w_hh"] + b_hh
-    if mode == "gru":
-        r = sigmoid(gi[:, :H] + gh[:, :H])
-        z = sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
-        n = np.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
-        h = (1 - z) * n + z * h
-    else:
-        h = np.tanh(gi + gh) if mode == "rnn_tanh" else np.maximum(gi + gh, 0)
-    return h, h
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -180,7 +151,9 @@ def test_vmap_over_parameter_sets(key):
 
 
 def test_bad_options_raise():
-    with pytest.raises(ValueError, match="nonlinearity must be one of 'tanh', 'relu'; got 'sigmoid'"):
+    with pytest.raises(
+        ValueError, match="nonlinearity must be one of 'tanh', 'relu', 'identity'; got 'sigmoid'"
+    ):
         cells.rnn(4, "sigmoid")
     with pytest.raises(ValueError, match="recurrent_init must be one of"):
         cells.gru(4, recurrent_init="glorot")

@@ -88,3 +88,21 @@ def test_bad_flags_are_reported_before_compiling():
     ]:
         with flagsaver.flagsaver(**overrides), pytest.raises(app.UsageError, match=message):
             common.settings_from_flags(experiment)
+
+
+def test_gradient_flow_experiment(tmp_path, capsys):
+    from experiments import gradient_flow
+
+    flags.FLAGS(["prog"])
+    with flagsaver.flagsaver(length=6, hidden_size=8, batch_size=2, clip_steps=10, workdir=str(tmp_path)):
+        gradient_flow.main(["prog"])
+    rows = json.loads((tmp_path / "profiles.json").read_text())
+    assert {(r["model"], r["init"]) for r in rows} >= {("rnn_tanh", "scaled"), ("transformer", "default")}
+    assert all(len(r["profile"]) == 6 for r in rows)
+    assert set(json.loads((tmp_path / "clipping.json").read_text())) == {
+        "no clipping",
+        "clip_by_global_norm(1.0)",
+    }
+    assert "| rnn_relu | scaled |" in capsys.readouterr().out
+    for image in ("gradient_flow.png", "clipping.png"):
+        assert (tmp_path / image).read_bytes()[:4] == b"\x89PNG"

@@ -142,7 +142,9 @@ def test_bad_input_raises(key):
         layer.apply(params, xs, jnp.zeros((2, B, H)))
     with pytest.raises(ValueError, match="params must hold 2 layers"):
         layer.apply(params[:1], xs)
-    with pytest.raises(ValueError, match="nonlinearity must be one of 'tanh', 'relu'; got 'gelu'"):
+    with pytest.raises(
+        ValueError, match="nonlinearity must be one of 'tanh', 'relu', 'identity'; got 'gelu'"
+    ):
         seqjax.RNN(D, H, nonlinearity="gelu")
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         seqjax.GRU(D, H, dropout=1.0)

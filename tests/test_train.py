@@ -35,9 +35,9 @@ def assert_same_params(a, b, rtol=0.0):
 
 
 def test_vmapped_runs_equal_runs_alone(tmp_path):
-    seeds, lrs = [0, 1, 2], [1e-2, 3e-3, 1e-2]
+    seeds, lrs = [0, 1], [1e-2, 3e-3]
     together, history = train(MODEL, TASK, CONFIG, seeds, lrs, tmp_path / "group")
-    assert len(final_losses(history, 20)) == 3
+    assert len(final_losses(history, 20)) == 2
     for r, (seed, lr) in enumerate(zip(seeds, lrs, strict=True)):
         alone, alone_history = train(MODEL, TASK, CONFIG, [seed], [lr], tmp_path / f"run{r}")
         assert_same_params(
@@ -49,7 +49,7 @@ def test_vmapped_runs_equal_runs_alone(tmp_path):
             final_losses(history, 20)[r], final_losses(alone_history, 20)[0], rtol=1e-5
         )
     # Different seeds and rates give different runs.
-    assert len(set(final_losses(history, 20))) == 3
+    assert len(set(final_losses(history, 20))) == 2
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path):

@@ -1,0 +1,246 @@
+"""Vanishing and exploding gradients, measured per model and initialisation.
+
+For tanh RNN, relu RNN, LSTM, GRU and the Transformer, at PyTorch's default
+initialisation, with orthogonal recurrent weights, and with recurrent weights
+scaled up: the norm of the gradient that reaches each time step from a loss on
+the last step (`||dL/dh_t||` for the recurrent cells, `||dL/dx_t||` for every
+model), its fitted per-step decay rate, and the spectral radius and largest
+singular value of the recurrent Jacobian along the trajectory. Then a short
+training run on an exploding configuration, with and without optax's
+gradient-norm clipping.
+
+    python -m experiments.gradient_flow
+    python -m experiments.gradient_flow --length=300 --scale=2 --hidden_size=128 --batch_size=32
+
+Writes to --workdir: gradient_flow.png, profiles.json, profiles.csv,
+clipping.json, clipping.png, results.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from experiments import common  # noqa: F401 -- defines the shared flags used here
+from seqjax import cells, diagnostics, tasks
+from seqjax.models import SequenceModel
+from seqjax.train import TrainConfig, train
+from seqjax.transformer import Transformer
+
+# --hidden_size, --batch_size and --workdir are the experiments' shared flags (experiments.common).
+flags.DEFINE_integer("length", 100, "Sequence length T; the loss reads the last step.")
+flags.DEFINE_float("scale", 3.0, "Factor on the recurrent weights of the 'scaled' initialisation.")
+flags.DEFINE_integer("clip_steps", 300, "Steps of the clipping comparison (a multiple of 10).")
+FLAGS = flags.FLAGS
+
+INPUT_SIZE = 8
+CELLS = {
+    "rnn_tanh": lambda h, init: cells.rnn(h, "tanh", recurrent_init=init),
+    "rnn_relu": lambda h, init: cells.rnn(h, "relu", recurrent_init=init),
+    "lstm": lambda h, init: cells.lstm(h, recurrent_init=init),
+    "gru": lambda h, init: cells.gru(h, recurrent_init=init),
+}
+
+
+def measure_cell(name: str, init: str, length: int, hidden: int, batch: int, scale: float) -> dict:
+    """Gradient profile and Jacobian spectrum of one cell and initialisation."""
+    cell = CELLS[name](hidden, "orthogonal" if init == "orthogonal" else "uniform")
+    params = cell.init(jax.random.key(0), INPUT_SIZE)
+    if init == "scaled":
+        params["w_hh"] = scale * params["w_hh"]
+    xs = jax.random.normal(jax.random.key(1), (length, batch, INPUT_SIZE))  # [t, b, d]
+    readout = jax.random.normal(jax.random.key(2), (hidden,)) / np.sqrt(hidden)
+    _, grads = jax.jit(
+        lambda p, x: diagnostics.hidden_state_gradients(cell, p, x, lambda ys: jnp.mean(ys[-1] @ readout))
+    )(params, xs)
+    norms = diagnostics.profile(grads)  # [t]
+    # The spectrum along a few trajectories: eigenvalues are costly, and these vary little.
+    spectrum = jax.jit(functools.partial(diagnostics.jacobian_spectrum, cell))(params, xs[:, :4])
+    return {
+        "norms": norms,
+        "spectral_radius": float(jnp.mean(spectrum.spectral_radius)),
+        "max_singular_value": float(jnp.mean(spectrum.max_singular_value)),
+    }
+
+
+def measure_transformer(init: str, length: int, hidden: int, batch: int, scale: float) -> dict:
+    """Input-gradient profile of a causal Transformer (it has no recurrent Jacobian)."""
+    model = Transformer(hidden, 4, 2, input_size=INPUT_SIZE, positional="rope")
+    params = model.init(jax.random.key(0))
+    if init == "scaled":  # every attention and MLP weight scaled, the analogue of w_hh
+        params["blocks"] = jax.tree.map(lambda w: scale * w, params["blocks"])
+    xs = jax.random.normal(jax.random.key(1), (batch, length, INPUT_SIZE))  # [b, t, d]
+    readout = jax.random.normal(jax.random.key(2), (hidden,)) / np.sqrt(hidden)
+    grads = jax.jit(
+        lambda p, x: diagnostics.input_gradients(
+            functools.partial(model.apply, p), x, lambda y: jnp.mean(y[:, -1] @ readout)
+        )
+    )(params, xs)
+    return {
+        "norms": diagnostics.profile(grads, time_axis=1),
+        "spectral_radius": None,
+        "max_singular_value": None,
+    }
+
+
+def clipping_run(workdir: pathlib.Path, steps: int, scale: float) -> dict:
+    """A relu RNN with scaled recurrent weights on the adding problem, with and without clipping."""
+    task = tasks.Adding()
+    results = {}
+    for label, clip in (("no clipping", None), ("clip_by_global_norm(1.0)", 1.0)):
+        rnn = SequenceModel("rnn", output_size=1, hidden_size=32, input_size=2, nonlinearity="relu")
+        model = ScaledInit(rnn, scale)
+        config = TrainConfig(
+            length=50,
+            steps=steps,
+            batch_size=32,
+            warmup_steps=0,
+            clip_norm=clip,
+            log_every=10,
+            eval_every=steps,
+            checkpoint_every=0,
+        )
+        _, history = train(model, task, config, [0], [1e-3], workdir / label.split("(")[0].replace(" ", "_"))
+        results[label] = [(line["step"], line["loss"], line["grad_norm"]) for line in history]
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledInit:
+    """`model` with its recurrent weights starting `scale` times larger."""
+
+    model: SequenceModel
+    scale: float
+
+    def init(self, key, dtype=jnp.float32):
+        params = self.model.init(key, dtype)
+        params["backbone"] = tuple(
+            tuple({**p, "w_hh": self.scale * p["w_hh"]} for p in layer) for layer in params["backbone"]
+        )
+        return params
+
+    def apply(self, *args, **kwargs):
+        return self.model.apply(*args, **kwargs)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.length < 2 or FLAGS.hidden_size < 4 or FLAGS.hidden_size % 4:
+        raise app.UsageError("--length must be >= 2 and --hidden_size a positive multiple of 4")
+    if FLAGS.clip_steps < 10 or FLAGS.clip_steps % 10:
+        raise app.UsageError(f"--clip_steps must be a positive multiple of 10; got {FLAGS.clip_steps}")
+    logging.set_verbosity(logging.INFO)
+    workdir = pathlib.Path(FLAGS.workdir or "runs/gradient_flow")
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = (FLAGS.length, FLAGS.hidden_size, FLAGS.batch_size, FLAGS.scale)
+    rows = []
+    for init in ("default", "orthogonal", "scaled"):
+        for name in CELLS:
+            rows.append({"model": name, "init": init, **measure_cell(name, init, *args)})
+            logging.info("measured %s / %s", name, init)
+        if init != "orthogonal":
+            rows.append({"model": "transformer", "init": init, **measure_transformer(init, *args)})
+    for row in rows:
+        norms = row.pop("norms")
+        row["decay_rate"] = float(diagnostics.decay_rate(norms))
+        row["grad_norm_at_loss"] = float(norms[-1])
+        row["grad_norm_at_start"] = float(norms[0])
+        row["profile"] = [float(n) for n in norms[::-1]]  # by distance from the loss
+    (workdir / "profiles.json").write_text(json.dumps(rows, indent=1))
+    with (workdir / "profiles.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "init", "distance", "grad_norm"])
+        for row in rows:
+            writer.writerows([row["model"], row["init"], k, n] for k, n in enumerate(row["profile"]))
+    plot_profiles(workdir, rows)
+    clipping = clipping_run(workdir, FLAGS.clip_steps, FLAGS.scale)
+    (workdir / "clipping.json").write_text(json.dumps(clipping, indent=1))
+    plot_clipping(workdir, clipping)
+    table = markdown(rows, clipping)
+    (workdir / "results.md").write_text(table + "\n")
+    print(f"\ngradient flow: results in {workdir}\n\n{table}\n")
+
+
+def markdown(rows: list[dict], clipping: dict) -> str:
+    def fmt(x):
+        return "-" if x is None else f"{x:.3g}"
+
+    lines = [
+        "| model | init | decay rate (log/step) | x per step | |grad| at loss | |grad| at t=0 | "
+        "mean spectral radius | mean sigma_max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['init']} | {r['decay_rate']:.3f} | {np.exp(r['decay_rate']):.3f} | "
+            f"{fmt(r['grad_norm_at_loss'])} | {fmt(r['grad_norm_at_start'])} | {fmt(r['spectral_radius'])} | "
+            f"{fmt(r['max_singular_value'])} |"
+        )
+    lines += [
+        "",
+        "| clipping | first loss | final loss | max grad norm | final grad norm |",
+        "|---|---|---|---|---|",
+    ]
+    for label, history in clipping.items():
+        _, losses, norms = zip(*history, strict=True)
+        lines.append(f"| {label} | {losses[0]:.4g} | {losses[-1]:.4g} | {max(norms):.4g} | {norms[-1]:.4g} |")
+    return "\n".join(lines)
+
+
+def plot_profiles(workdir: pathlib.Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inits = ("default", "orthogonal", "scaled")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    for ax, init in zip(axes, inits, strict=True):
+        for i, row in enumerate(r for r in rows if r["init"] == init):
+            profile = np.asarray(row["profile"])
+            with np.errstate(divide="ignore"):
+                ax.plot(np.log10(profile), label=row["model"], color=f"C{i}")
+        ax.set_title(f"init: {init}")
+        ax.set_xlabel("distance from the loss (steps)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("log10 ||dL/dh_t|| (Transformer: ||dL/dx_t||)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(workdir / "gradient_flow.png", dpi=100)
+    plt.close(fig)
+
+
+def plot_clipping(workdir: pathlib.Path, clipping: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_norm) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, history in clipping.items():
+        steps, losses, norms = zip(*history, strict=True)
+        ax_loss.plot(steps, losses, label=label)
+        ax_norm.plot(steps, norms, label=label)
+    ax_loss.axhline(1 / 6, color="k", linestyle="--", label="memoryless (1/6)")
+    for ax, name in ((ax_loss, "training loss (MSE)"), (ax_norm, "gradient norm (before clipping)")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+    ax_loss.set_title("relu RNN, scaled init, adding problem")
+    ax_loss.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(workdir / "clipping.png", dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    app.run(main)
