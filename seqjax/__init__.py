@@ -10,8 +10,12 @@ Modules:
   layers:         `RNN`, `LSTM`, `GRU`: deep, bidirectional, PyTorch's arguments.
   torch_weights:  exact conversion to and from PyTorch state_dicts.
   linen:          Flax linen wrappers of the cells and layers.
+  nnx:            a Flax NNX wrapper of the layers.
   transformer:    a small pre-LayerNorm Transformer with a KV cache for decoding.
   models:         task models (input encoding, backbone, readout); `count_params`.
+  tasks:          long-range dependency tasks generated in JAX.
+  train:          vmapped training over seeds and learning rates, checkpoints, metrics.
+  diagnostics:    gradient-flow profiles and recurrent Jacobian spectra.
 """
 
 from seqjax import cells, scan

@@ -6,8 +6,7 @@ dict under the name "cell", a layer module its `params[layer][direction]` under
 and back. The cells subclass `nn.RNNCellBase`, so `flax.linen.RNN` (and anything
 else built for Flax cells) runs them.
 
-Linen rather than NNX: linen modules are pure functions of their variables, as
-seqjax is, so the wrapper adds no state of its own.
+`seqjax.nnx` wraps the layers for Flax NNX the same way.
 """
 
 from __future__ import annotations

@@ -55,8 +55,22 @@ def _check_length(length: int, minimum: int, name: str) -> None:
         raise ValueError(f"length of the {name} task must be an int >= {minimum}; got {length!r}")
 
 
+class _Symbols:
+    """Tasks over `alphabet` data symbols and two special tokens; outputs are tokens."""
+
+    alphabet: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.alphabet + 2
+
+    @property
+    def output_size(self) -> int:
+        return self.alphabet + 2
+
+
 @dataclasses.dataclass(frozen=True)
-class Copy:
+class Copy(_Symbols):
     """Copy / memory task (Hochreiter & Schmidhuber 1997; Arjovsky, Shah & Bengio 2016).
 
     Vocabulary of `alphabet + 2`: data symbols 0..alphabet-1, blank = alphabet,
@@ -74,14 +88,6 @@ class Copy:
     alphabet: int = 8
     loss: ClassVar[Loss] = Loss.CROSS_ENTROPY
     name: ClassVar[str] = "copy"
-
-    @property
-    def vocab_size(self) -> int:
-        return self.alphabet + 2
-
-    @property
-    def output_size(self) -> int:
-        return self.alphabet + 2
 
     def num_steps(self, length: int) -> int:
         return length + 2 * self.memory
@@ -150,7 +156,7 @@ class Adding:
 
 
 @dataclasses.dataclass(frozen=True)
-class SelectiveCopy:
+class SelectiveCopy(_Symbols):
     """Selective copying (Gu & Dao 2023, Mamba).
 
     Vocabulary of `alphabet + 2`: noise = 0, data tokens 1..alphabet, the recall
@@ -166,14 +172,6 @@ class SelectiveCopy:
     alphabet: int = 8
     loss: ClassVar[Loss] = Loss.CROSS_ENTROPY
     name: ClassVar[str] = "selective_copy"
-
-    @property
-    def vocab_size(self) -> int:
-        return self.alphabet + 2
-
-    @property
-    def output_size(self) -> int:
-        return self.alphabet + 2
 
     def num_steps(self, length: int) -> int:
         return length + self.num_tokens

@@ -238,8 +238,10 @@ def train(
 
     Returns:
       The final states `[R]` and the metrics history (dicts with run, seed,
-      learning_rate, step, loss, accuracy, grad_norm, seconds, tokens_per_second,
-      and eval_loss / eval_accuracy at evaluation steps).
+      learning_rate, step, loss, accuracy, grad_norm, baseline_loss,
+      baseline_accuracy, seconds, tokens_per_second, and eval_loss /
+      eval_accuracy at evaluation steps). Loss, accuracy and gradient norm are
+      means over the steps since the previous line.
     """
     if len(seeds) != len(learning_rates):
         raise ValueError(f"seeds and learning_rates must pair up; got {len(seeds)} and {len(learning_rates)}")
@@ -259,6 +261,7 @@ def train(
     metrics_path.write_text("".join(json.dumps(line) + "\n" for line in history))
 
     tokens_per_chunk = len(seeds) * config.batch_size * task.num_steps(config.length) * config.log_every
+    baseline = task.baseline(config.length)
     clock = time.perf_counter()
     elapsed = history[-1]["seconds"] if history else 0.0
     for step in range(start + config.log_every, config.steps + 1, config.log_every):
@@ -276,6 +279,8 @@ def train(
                 "loss": float(np.mean(metrics["loss"][r])),
                 "accuracy": float(np.mean(metrics["accuracy"][r])),
                 "grad_norm": float(np.mean(metrics["grad_norm"][r])),
+                "baseline_loss": baseline.loss,
+                "baseline_accuracy": baseline.accuracy,
                 "seconds": elapsed,
                 "tokens_per_second": tokens_per_chunk / len(seeds) / chunk_seconds,
             }

@@ -47,3 +47,24 @@ def test_recurrent_module_equals_layer_and_uses_dropout_stream(key):
     np.testing.assert_array_equal(c, c_ref)
     dropped, _ = module.apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(3)})
     assert not np.allclose(dropped, outputs)
+
+
+def test_nnx_module_equals_layer_and_differentiates(key):
+    from flax import nnx
+
+    from seqjax.nnx import Recurrent
+
+    layer = seqjax.GRU(D, H, num_layers=2, batch_first=True)
+    module = Recurrent(layer, rngs=nnx.Rngs(0))
+    xs = jax.random.normal(jax.random.key(1), (B, T, D))
+    params = module.params_tree()
+    assert jax.tree.structure(params) == jax.tree.structure(layer.init(key))
+    outputs, h_n = nnx.jit(lambda m, x: m(x, lengths=jnp.array([6, 3, 1])))(module, xs)
+    ref, h_ref = layer.apply(params, xs, lengths=jnp.array([6, 3, 1]))
+    np.testing.assert_array_equal(outputs, ref)
+    np.testing.assert_array_equal(h_n, h_ref)
+    grads = nnx.grad(lambda m: jnp.sum(m(xs)[0] ** 2))(module)
+    ref_grads = jax.grad(lambda p: jnp.sum(layer.apply(p, xs)[0] ** 2))(params)
+    flat = jax.tree.leaves(grads)
+    for a, b in zip(flat, jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

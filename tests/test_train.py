@@ -72,6 +72,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
             assert a.get(name) == b.get(name)
     written = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in written] == [5, 5, 10, 10, 15, 15, 20, 20]
+    assert written[0]["baseline_loss"] == pytest.approx(TASK.baseline(4).loss)
 
 
 def test_loss_and_metrics_against_numpy():
