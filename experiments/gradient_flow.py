@@ -175,7 +175,7 @@ def markdown(rows: list[dict], clipping: dict) -> str:
         return "-" if x is None else f"{x:.3g}"
 
     lines = [
-        "| model | init | decay rate (log/step) | x per step | |grad| at loss | |grad| at t=0 | "
+        "| model | init | decay rate (log/step) | factor per step | grad norm at loss | grad norm at t=0 | "
         "mean spectral radius | mean sigma_max |",
         "|---|---|---|---|---|---|---|---|",
     ]
