@@ -1,7 +1,9 @@
 """Multi-query associative recall (Arora et al. 2023, Zoology).
 
 Attention solves it at small width; a recurrent model needs a state that grows
-with the number of key-value pairs (length // 16 by default).
+with the number of key-value pairs (length // 16 by default). Every model has two
+layers here: attention needs two for the lookup (an induction head: one layer
+marks each value with its key, the next finds the queried key).
 
     python -m experiments.associative_recall
     python -m experiments.associative_recall --lengths=64,128,256 --steps=5000
@@ -11,7 +13,11 @@ from experiments import common
 from seqjax import tasks
 
 EXPERIMENT = common.Experiment(
-    name="associative_recall", task=tasks.AssociativeRecall(vocab_size=64), lengths=(32,), steps=1000
+    name="associative_recall",
+    task=tasks.AssociativeRecall(vocab_size=64),
+    lengths=(32, 64),
+    steps=600,
+    num_layers=2,
 )
 
 if __name__ == "__main__":

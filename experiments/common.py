@@ -44,7 +44,7 @@ flags.DEFINE_list("learning_rates", ["3e-3"], "Peak learning rates; trained toge
 flags.DEFINE_integer("steps", None, "Training steps.")
 flags.DEFINE_integer("batch_size", 64, "Examples per step.")
 flags.DEFINE_integer("hidden_size", 64, "Hidden size of the recurrent models; d_model of the Transformer.")
-flags.DEFINE_integer("num_layers", 1, "Layers of every model.")
+flags.DEFINE_integer("num_layers", 1, "Layers of every model (the experiment's default if unset).")
 flags.DEFINE_integer("num_heads", 4, "Attention heads of the Transformer.")
 flags.DEFINE_string("positional", "rope", "Transformer positions: learned, sinusoidal, rope or none.")
 flags.DEFINE_boolean("match_params", False, "Resize each model's width to the LSTM's parameter count.")
@@ -72,6 +72,7 @@ class Experiment:
       eval_lengths: default extra lengths to evaluate at (generalisation).
       eval_task: `train_length -> task` used at those lengths (default: the task),
         e.g. parity scored on strings longer than any seen in training.
+      num_layers: default depth of every model.
     """
 
     name: str
@@ -83,6 +84,7 @@ class Experiment:
     learning_rates: tuple[float, ...] = (3e-3,)
     eval_lengths: tuple[int, ...] = ()
     eval_task: Callable[[int], Any] | None = None
+    num_layers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +140,7 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         steps=steps,
         batch_size=FLAGS.batch_size,
         hidden_size=FLAGS.hidden_size,
-        num_layers=FLAGS.num_layers,
+        num_layers=FLAGS.num_layers if FLAGS["num_layers"].present else experiment.num_layers,
         num_heads=FLAGS.num_heads,
         positional=FLAGS.positional,
         match_params=FLAGS.match_params,
