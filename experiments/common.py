@@ -234,14 +234,14 @@ def run(experiment: Experiment, settings: Settings) -> list[dict]:
         seconds = time.perf_counter() - start
         extra = {}
         eval_task = experiment.eval_task(length) if experiment.eval_task else task
+        evaluate = make_evaluate(model, eval_task, config)  # compiles once per length (a static argument)
         for eval_length in settings.eval_lengths:
-            evaluate = make_evaluate(model, eval_task, config)
             extra[f"accuracy_at_{eval_length}"] = jax.device_get(
                 evaluate(state.params, state.seed, eval_length)
             )[1]
         for name, variant in experiment.variants:
-            evaluate = make_evaluate(model, variant, config)
-            extra[f"accuracy_{name}"] = jax.device_get(evaluate(state.params, state.seed, length))[1]
+            evaluate_variant = make_evaluate(model, variant, config)
+            extra[f"accuracy_{name}"] = jax.device_get(evaluate_variant(state.params, state.seed, length))[1]
         baseline = task.baseline(length)
         params = _num_params(model)
         for r, (seed, lr) in enumerate(runs):

@@ -137,17 +137,24 @@ def _stream(seed: Array, stream: int) -> Array:
     return jax.random.fold_in(jax.random.key(seed), stream)
 
 
-def init_state(
-    model: Any, optimizer: optax.GradientTransformation, seeds: Sequence[int], learning_rates: Sequence[float]
-) -> TrainState:
-    """States of R runs, leaves with a leading `[R]` axis; run i has seeds[i] and learning_rates[i]."""
+@functools.cache
+def _init_program(model: Any, optimizer: optax.GradientTransformation):
+    """The compiled `(seeds [R], learning_rates [R]) -> TrainState [R]`, one per model and optimizer."""
 
     def one(seed, lr):
         params = model.init(_stream(seed, _INIT_STREAM))
         return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), seed, lr)
 
-    seeds = jnp.asarray(seeds, jnp.int32)
-    return jax.jit(jax.vmap(one))(seeds, jnp.asarray(learning_rates, jnp.float32))
+    return jax.jit(jax.vmap(one))
+
+
+def init_state(
+    model: Any, optimizer: optax.GradientTransformation, seeds: Sequence[int], learning_rates: Sequence[float]
+) -> TrainState:
+    """States of R runs, leaves with a leading `[R]` axis; run i has seeds[i] and learning_rates[i]."""
+    return _init_program(model, optimizer)(
+        jnp.asarray(seeds, jnp.int32), jnp.asarray(learning_rates, jnp.float32)
+    )
 
 
 def make_train_chunk(model: Any, task: Any, config: TrainConfig, optimizer: optax.GradientTransformation):
