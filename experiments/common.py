@@ -30,7 +30,9 @@ from typing import Any
 import jax
 import numpy as np
 from absl import app, flags, logging
+from jax.sharding import Mesh
 
+from seqjax import distributed
 from seqjax.models import Kind, SequenceModel, count_params
 from seqjax.train import TrainConfig, make_evaluate, train
 
@@ -54,6 +56,15 @@ flags.DEFINE_integer("log_every", None, "Steps between metric lines (one compile
 flags.DEFINE_integer("eval_every", None, "Steps between evaluations; a multiple of log_every.")
 flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints; a multiple of log_every (0: off).")
 flags.DEFINE_boolean("resume", False, "Continue each group from its latest checkpoint in --workdir.")
+flags.DEFINE_integer(
+    "run_devices", 1, "Devices that split the runs (seeds x learning rates); the others split each batch."
+)
+flags.DEFINE_boolean(
+    "multi_process", False, "Join a multi-process job; unset coordinator flags are detected from the cluster."
+)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --multi_process).")
+flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +119,7 @@ class Settings:
     eval_every: int = 250
     checkpoint_every: int = 500
     resume: bool = False
+    run_devices: int = 1
 
 
 def _parse(values: Sequence[str], kind: type, name: str) -> tuple:
@@ -152,6 +164,7 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         eval_every=eval_every,
         checkpoint_every=checkpoint_every,
         resume=FLAGS.resume,
+        run_devices=FLAGS.run_devices,
     )
     try:  # build every model and config once, so that bad values fail before compiling
         for length in settings.lengths + settings.eval_lengths:
@@ -160,6 +173,10 @@ def settings_from_flags(experiment: Experiment) -> Settings:
             _train_config(settings, length)
         for model in settings.models:
             _model(experiment, settings, model)
+        mesh = _mesh(settings)
+        if mesh is not None:
+            num_runs = len(settings.seeds) * len(settings.learning_rates)
+            distributed.check_divisible(mesh, num_runs, settings.batch_size)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     return settings
@@ -215,8 +232,17 @@ def matched_model(experiment: Experiment, settings: Settings, kind: str) -> Sequ
     return min(candidates, key=lambda m: abs(_num_params(m) - target))
 
 
+def _mesh(settings: Settings) -> Mesh | None:
+    """Every device of the job, runs split over `run_devices` of them; None on one device."""
+    if jax.device_count() == 1 and settings.run_devices == 1:
+        return None
+    return distributed.make_mesh(settings.run_devices)
+
+
 def run(experiment: Experiment, settings: Settings) -> list[dict]:
-    """Trains the sweep and writes the summary, table and plots; returns the rows."""
+    """Trains the sweep and writes the summary, table and plots (process 0 of a
+    multi-process job); returns the rows."""
+    mesh = _mesh(settings)
     workdir = pathlib.Path(settings.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     task, rows, curves = experiment.task, [], {}
@@ -230,17 +256,18 @@ def run(experiment: Experiment, settings: Settings) -> list[dict]:
         config = _train_config(settings, length)
         group = workdir / f"{kind}_len{length}"
         start = time.perf_counter()
-        state, history = train(model, task, config, seeds, lrs, group, resume=settings.resume)
+        state, history = train(model, task, config, seeds, lrs, group, resume=settings.resume, mesh=mesh)
         seconds = time.perf_counter() - start
         extra = {}
         eval_task = experiment.eval_task(length) if experiment.eval_task else task
-        evaluate = make_evaluate(model, eval_task, config)  # compiles once per length (a static argument)
+        # Compiles once per length (a static argument).
+        evaluate = make_evaluate(model, eval_task, config, mesh)
         for eval_length in settings.eval_lengths:
             extra[f"accuracy_at_{eval_length}"] = jax.device_get(
                 evaluate(state.params, state.seed, eval_length)
             )[1]
         for name, variant in experiment.variants:
-            evaluate_variant = make_evaluate(model, variant, config)
+            evaluate_variant = make_evaluate(model, variant, config, mesh)
             extra[f"accuracy_{name}"] = jax.device_get(evaluate_variant(state.params, state.seed, length))[1]
         baseline = task.baseline(length)
         params = _num_params(model)
@@ -272,11 +299,12 @@ def run(experiment: Experiment, settings: Settings) -> list[dict]:
                     **{k: float(v[r]) for k, v in extra.items()},
                 }
             )
-    write_summary(workdir, rows)
-    table = markdown_table(rows)
-    (workdir / "results.md").write_text(table + "\n")
-    plot(workdir, experiment, rows, curves)
-    print(f"\n{experiment.name}: results in {workdir}\n\n{table}\n")
+    if jax.process_index() == 0:
+        write_summary(workdir, rows)
+        table = markdown_table(rows)
+        (workdir / "results.md").write_text(table + "\n")
+        plot(workdir, experiment, rows, curves)
+        print(f"\n{experiment.name}: results in {workdir}\n\n{table}\n")
     return rows
 
 
@@ -379,6 +407,8 @@ def main(experiment: Experiment) -> None:
                 or "experiments" in record.pathname
             )
         )
+        if FLAGS.multi_process or FLAGS.coordinator_address:
+            distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         run(experiment, settings_from_flags(experiment))
 
     app.run(_main)

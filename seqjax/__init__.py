@@ -6,7 +6,8 @@ Shape vocabulary, used in every docstring:
 
 Modules:
   cells:          pure RNN/LSTM/GRU cells (`init`, `initial_carry`, `project`, `step`).
-  scan:           running a cell over time with `lax.scan`, with per-example lengths.
+  scan:           running a cell over time with `lax.scan`, with per-example lengths;
+                  `scan_cell`, the layers' path, with a hand-written backward pass.
   layers:         `RNN`, `LSTM`, `GRU`: deep, bidirectional, PyTorch's arguments.
   torch_weights:  exact conversion to and from PyTorch state_dicts.
   linen:          Flax linen wrappers of the cells and layers.
@@ -15,6 +16,7 @@ Modules:
   models:         task models (input encoding, backbone, readout); `count_params`.
   tasks:          long-range dependency tasks generated in JAX.
   train:          vmapped training over seeds and learning rates, checkpoints, metrics.
+  distributed:    device meshes (runs x data parallel) and multi-process jobs.
   diagnostics:    gradient-flow profiles and recurrent Jacobian spectra.
 """
 

@@ -47,6 +47,8 @@ class _Recurrent:
     bidirectional: bool = False
     recurrent_init: RecurrentInit | str = RecurrentInit.UNIFORM
     unroll: int = 1
+    hoist_projection: bool | None = None
+    custom_backward: bool | None = None
 
     def __post_init__(self):
         for name in ("input_size", "hidden_size", "num_layers", "unroll"):
@@ -158,21 +160,23 @@ class _Recurrent:
     @functools.partial(jax.jit, static_argnums=(0, 6))
     def _run(self, params, xs, carries, lengths, key, use_dropout):
         """xs: [t, b, d] -> (outputs [t, b, n*h], final state [L*n, b, h])."""
+        # None: what experiments/throughput.py measured faster on CPU; elsewhere the
+        # hoisted projection and JAX's own differentiation.
+        on_cpu = jax.default_backend() == "cpu"
+        hoist = not on_cpu if self.hoist_projection is None else self.hoist_projection
+        custom_backward = on_cpu if self.custom_backward is None else self.custom_backward
         finals = []
         for l, layer_params in enumerate(params):
             ys = []
             for d, p in enumerate(layer_params):
-                # One big matmul over all steps; the scan carries only the recurrence.
-                gx = self.cell.project(p, xs)  # [t, b, g*h]
-                carry, y = scan.scan(
-                    self.cell.step,
-                    p,
-                    carries[l * self.num_directions + d],
-                    gx,
-                    lengths=lengths,
-                    reverse=d == 1,
-                    unroll=self.unroll,
-                )
+                carry0 = carries[l * self.num_directions + d]
+                options = dict(lengths=lengths, reverse=d == 1, unroll=self.unroll)
+                if custom_backward:
+                    carry, y = scan.scan_cell(self.cell, p, carry0, xs, hoist=hoist, **options)
+                elif hoist:
+                    carry, y = scan.scan(self.cell.step, p, carry0, self.cell.project(p, xs), **options)
+                else:
+                    carry, y = scan.scan(self.cell.apply, p, carry0, xs, **options)
                 finals.append(carry)
                 ys.append(y)
             xs = jnp.concatenate(ys, axis=-1) if len(ys) > 1 else ys[0]  # [t, b, n*h]
@@ -218,7 +222,13 @@ class RNN(_Recurrent):
     Args (as PyTorch): input_size, hidden_size, num_layers, and keyword-only
     nonlinearity ("tanh" or "relu"), bias, batch_first, dropout (between layers,
     not after the last), bidirectional. seqjax extras: recurrent_init (see
-    `seqjax.cells.RecurrentInit`) and unroll (forwarded to `lax.scan`).
+    `seqjax.cells.RecurrentInit`), unroll (forwarded to `lax.scan`) and
+    hoist_projection: project every step's input in one matmul before the scan
+    (True) or inside it (False); None picks what measured faster on the backend
+    (inside on CPU, before elsewhere); custom_backward: differentiate with
+    `seqjax.scan.scan_cell`'s hand-written backward pass (reverse mode only), or,
+    if False, let JAX differentiate the scan (forward mode too: `jax.jvp`); None
+    picks the hand-written pass on CPU and JAX's elsewhere.
 
     >>> layer = RNN(input_size=4, hidden_size=8, num_layers=2, batch_first=True)
     >>> params = layer.init(jax.random.key(0))

@@ -1,7 +1,15 @@
-"""Running a cell over time with `jax.lax.scan`, with per-example lengths."""
+"""Running a cell over time with `jax.lax.scan`, with per-example lengths.
+
+`scan` runs any step function and is differentiated by JAX. `scan_cell` runs a
+`seqjax.cells.Cell` on projected inputs with a hand-written backward pass: the
+backward scan carries only the state gradient and stacks the gate gradients,
+and the recurrent weight gradient is one `[h, t*b] x [t*b, g*h]` matmul after
+it, instead of a `[h, b] x [b, g*h]` product accumulated at every step.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -93,3 +101,129 @@ def scan(
 
     steps = jnp.arange(xs.shape[0], dtype=lengths.dtype)
     return jax.lax.scan(masked_step, carry, (steps, xs), reverse=reverse, unroll=unroll)
+
+
+def _mask_steps(lengths: Array | None, num_steps: int) -> Array | None:
+    """`[t, b]` booleans, True at valid steps; None without lengths."""
+    if lengths is None:
+        return None
+    return jnp.arange(num_steps, dtype=lengths.dtype)[:, None] < lengths
+
+
+def _forward(cell, reverse, unroll, hoist, params, carry, xs, lengths, keep_residuals):
+    """The forward scan; with `keep_residuals` it also stacks each step's input
+    carry and recurrent projection `gh` for the backward pass."""
+
+    def step(c, inputs):
+        x, valid = inputs
+        g = x if hoist else cell.project(params, x)
+        gh = cell.hidden_projection(params, cell.hidden(c))
+        new, y = cell.update(c, g, gh)
+        if valid is not None:
+            new, y = _mask(valid, new, c), _mask(valid, y, jnp.zeros_like(y))
+        return new, (y, (c, gh) if keep_residuals else None)
+
+    gx = cell.project(params, xs) if hoist else xs
+    return jax.lax.scan(step, carry, (gx, _mask_steps(lengths, xs.shape[0])), reverse=reverse, unroll=unroll)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _scan_cell(cell, reverse, unroll, hoist, params, carry, xs, lengths):
+    final, (ys, _) = _forward(cell, reverse, unroll, hoist, params, carry, xs, lengths, False)
+    return final, ys
+
+
+def _scan_cell_fwd(cell, reverse, unroll, hoist, params, carry, xs, lengths):
+    final, (ys, residuals) = _forward(cell, reverse, unroll, hoist, params, carry, xs, lengths, True)
+    return (final, ys), (params, xs, lengths, residuals)
+
+
+def _matmul_2d(a: Array, b: Array) -> Array:
+    """`a: [..., k] @ b: [k, n]` as one 2-D matmul (see `cells._project`)."""
+    return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+
+
+def _scan_cell_bwd(cell, reverse, unroll, hoist, saved, cotangents):
+    params, xs, lengths, (carries, ghs) = saved
+    d_final, d_ys = cotangents
+    w_hh_t = params["w_hh"].T
+
+    def step(d_carry, inputs):
+        c, x, gh, dy, valid = inputs
+        if valid is None:
+            d_new, d_skip = d_carry, None
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, d_carry)
+            d_new, d_skip = _mask(valid, d_carry, zeros), _mask(valid, zeros, d_carry)
+            dy = _mask(valid, dy, jnp.zeros_like(dy))
+        # Recomputing a step's small input projection is cheaper than storing them all.
+        g = x if hoist else cell.project(params, x)
+        _, update_vjp = jax.vjp(cell.update, c, g, gh)
+        d_c, d_g, d_gh = update_vjp((d_new, dy))
+        # The state gradient through the recurrent matmul, into the h part of the carry.
+        _, hidden_vjp = jax.vjp(cell.hidden, c)
+        (d_c_h,) = hidden_vjp(d_gh @ w_hh_t)
+        d_c = jax.tree.map(jnp.add, d_c, d_c_h)
+        if d_skip is not None:
+            d_c = jax.tree.map(jnp.add, d_c, d_skip)
+        # Where the cell reads only gx + gh (RNN, LSTM) JAX hands back one array
+        # for both; stacking it once saves a [t, b, g*h] buffer.
+        return d_c, (None if d_g is d_gh else d_g, d_gh)
+
+    gx = cell.project(params, xs) if hoist else xs
+    d_carry, (d_gx, d_gh) = jax.lax.scan(
+        step,
+        d_final,
+        (carries, gx, ghs, d_ys, _mask_steps(lengths, xs.shape[0])),
+        reverse=not reverse,
+        unroll=unroll,
+    )
+    if d_gx is None:
+        d_gx = d_gh
+    # Every weight gradient is one large matmul over all t*b rows.
+    h_prev = cell.hidden(carries)  # [t, b, h]
+    d_gx_2d, d_gh_2d = d_gx.reshape(-1, d_gx.shape[-1]), d_gh.reshape(-1, d_gh.shape[-1])
+    d_params = {
+        "w_ih": xs.reshape(-1, xs.shape[-1]).T @ d_gx_2d,
+        "w_hh": h_prev.reshape(-1, h_prev.shape[-1]).T @ d_gh_2d,
+    }
+    if "b_ih" in params:
+        d_params["b_ih"] = d_gx_2d.sum(0)
+        d_params["b_hh"] = d_gh_2d.sum(0)
+    d_params = {k: d_params[k].astype(v.dtype) for k, v in params.items()}
+    d_xs = _matmul_2d(d_gx, params["w_ih"].T).astype(xs.dtype)
+    return d_params, d_carry, d_xs, None
+
+
+_scan_cell.defvjp(_scan_cell_fwd, _scan_cell_bwd)
+
+
+def scan_cell(
+    cell: Any,
+    params: dict[str, Array],
+    carry: Any,
+    xs: Array,
+    *,
+    lengths: Array | None = None,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+    hoist: bool = True,
+) -> tuple[Any, Array]:
+    """`scan(cell.apply, params, carry, xs, ...)` with a hand-written backward pass.
+
+    Same arguments and results as `scan` with `step=cell.apply` (xs: raw inputs
+    `[t, b, d]`), and the same values and gradients to rounding; see the module
+    docstring for what differs. Only reverse-mode differentiation is defined
+    (`jax.grad`, `jax.vjp`), not forward mode (`jax.jvp`, `jax.jacfwd`): use
+    `scan` for those.
+
+    Args:
+      cell: a `seqjax.cells.Cell`.
+      params: its parameters (`w_ih`, `w_hh`, and `b_ih`, `b_hh` if it has biases).
+      carry, xs, lengths, reverse, unroll: as `scan`.
+      hoist: project all steps' inputs in one `[t*b, d] x [d, g*h]` matmul before
+        the scan (one large matmul, and a `[t, b, g*h]` buffer), or project each
+        step's input inside the loop (no buffer; faster on CPU). The backward pass
+        forms the input-weight gradient in one matmul either way.
+    """
+    return _scan_cell(cell, reverse, unroll, hoist, params, carry, xs, lengths)

@@ -12,6 +12,14 @@ checkpoint.
 Checkpoints are orbax's (atomic: written to a temporary directory, then
 renamed); `resume=True` continues from the latest one. Metrics go to
 `workdir/metrics.jsonl`, one line per run per log step.
+
+Given a `mesh` (`seqjax.distributed.make_mesh`), the runs are split along its
+`runs` axis and every step's batch along its `data` axis, with parameters
+replicated over `data` and their gradients reduced by XLA's collectives; the
+mesh may span the devices of several processes (`seqjax.distributed.initialize`),
+each of which then calls `train` with the same arguments. Process 0 writes the
+metrics; checkpoints are orbax's multi-host ones, and restore onto whatever mesh
+the resuming job has.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.sharding import Mesh
 
+from seqjax import distributed
 from seqjax.tasks import Batch, Loss
 
 Array = jax.Array
@@ -137,34 +147,62 @@ def _stream(seed: Array, stream: int) -> Array:
     return jax.random.fold_in(jax.random.key(seed), stream)
 
 
+def _vmap_runs(fn: Callable, mesh: Mesh | None, **kwargs) -> Callable:
+    """`jax.vmap` over runs; with a mesh, the runs axis of every sharding inside is `runs`."""
+    return jax.vmap(fn, spmd_axis_name=None if mesh is None else distributed.RUNS, **kwargs)
+
+
+def _jit(fn: Callable, mesh: Mesh | None, out_shardings: Any, **kwargs) -> Callable:
+    if mesh is None:
+        return jax.jit(fn, **kwargs)
+    return jax.jit(fn, out_shardings=out_shardings, **kwargs)
+
+
 @functools.cache
-def _init_program(model: Any, optimizer: optax.GradientTransformation):
-    """The compiled `(seeds [R], learning_rates [R]) -> TrainState [R]`, one per model and optimizer."""
+def _init_program(model: Any, optimizer: optax.GradientTransformation, mesh: Mesh | None):
+    """The compiled `(seeds [R], learning_rates [R]) -> TrainState [R]`, one per model,
+    optimizer and mesh."""
 
     def one(seed, lr):
         params = model.init(_stream(seed, _INIT_STREAM))
         return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), seed, lr)
 
-    return jax.jit(jax.vmap(one))
+    return _jit(_vmap_runs(one, mesh), mesh, mesh and distributed.runs_sharding(mesh))
 
 
 def init_state(
-    model: Any, optimizer: optax.GradientTransformation, seeds: Sequence[int], learning_rates: Sequence[float]
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    seeds: Sequence[int],
+    learning_rates: Sequence[float],
+    mesh: Mesh | None = None,
 ) -> TrainState:
-    """States of R runs, leaves with a leading `[R]` axis; run i has seeds[i] and learning_rates[i]."""
-    return _init_program(model, optimizer)(
-        jnp.asarray(seeds, jnp.int32), jnp.asarray(learning_rates, jnp.float32)
+    """States of R runs, leaves with a leading `[R]` axis; run i has seeds[i] and
+    learning_rates[i]. With a mesh, the runs are split along its `runs` axis."""
+    # NumPy inputs: identical in every process, which is all a multi-process jit needs.
+    return _init_program(model, optimizer, mesh)(
+        np.asarray(seeds, np.int32), np.asarray(learning_rates, np.float32)
     )
 
 
-def make_train_chunk(model: Any, task: Any, config: TrainConfig, optimizer: optax.GradientTransformation):
+def make_train_chunk(
+    model: Any,
+    task: Any,
+    config: TrainConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh | None = None,
+):
     """A jitted `(states [R]) -> (states, metrics [R, log_every])` that takes `log_every`
-    steps of every run without returning to the host. The input states are donated."""
+    steps of every run without returning to the host. The input states are donated.
+    With a mesh, states stay split along `runs`, each step's batch is split along
+    `data`, and the metrics come back replicated."""
 
     def step(state: TrainState, _):
         key = jax.random.fold_in(_stream(state.seed, _TRAIN_STREAM), state.step)
         data_key, dropout_key = jax.random.split(key)
         batch = task.sample(data_key, config.batch_size, config.length)
+        if mesh is not None:
+            batch = distributed.shard_batch(batch, mesh)
 
         def loss_fn(params):
             outputs = model.apply(
@@ -182,30 +220,39 @@ def make_train_chunk(model: Any, task: Any, config: TrainConfig, optimizer: opta
     def chunk(state: TrainState):
         return jax.lax.scan(step, state, None, length=config.log_every)
 
-    return jax.jit(jax.vmap(chunk), donate_argnums=0)
+    out_shardings = mesh and (distributed.runs_sharding(mesh), distributed.replicated(mesh))
+    return _jit(_vmap_runs(chunk, mesh), mesh, out_shardings, donate_argnums=0)
 
 
-def make_evaluate(model: Any, task: Any, config: TrainConfig):
+def make_evaluate(model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = None):
     """A jitted `(params [R], seeds [R], length) -> (loss [R], accuracy [R])` on fresh
-    batches of the evaluation stream (the same batches at every call); `length` is static."""
+    batches of the evaluation stream (the same batches at every call); `length` is static.
+    With a mesh, batches are split along `data` and the results come back replicated."""
 
     def evaluate(params, seed, length):
         def one(i):
             batch = task.sample(jax.random.fold_in(_stream(seed, _EVAL_STREAM), i), config.batch_size, length)
+            if mesh is not None:
+                batch = distributed.shard_batch(batch, mesh)
             return loss_and_metrics(task, model.apply(params, batch.inputs, lengths=batch.lengths), batch)
 
         losses, accuracies = jax.lax.map(one, jnp.arange(config.eval_batches))
         return losses.mean(), accuracies.mean()
 
-    return jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)), static_argnums=2)
+    vmapped = _vmap_runs(evaluate, mesh, in_axes=(0, 0, None))
+    return _jit(vmapped, mesh, mesh and distributed.replicated(mesh), static_argnums=2)
 
 
 @functools.cache
-def _programs(model: Any, task: Any, config: TrainConfig):
+def _programs(model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = None):
     """Optimizer and compiled programs, shared by every `train` call of one
-    configuration (models, tasks and configs are hashable dataclasses)."""
+    configuration (models, tasks, configs and meshes are hashable)."""
     optimizer = make_optimizer(config)
-    return optimizer, make_train_chunk(model, task, config, optimizer), make_evaluate(model, task, config)
+    return (
+        optimizer,
+        make_train_chunk(model, task, config, optimizer, mesh),
+        make_evaluate(model, task, config, mesh),
+    )
 
 
 def _checkpoint_manager(workdir: pathlib.Path, config: TrainConfig) -> ocp.CheckpointManager:
@@ -230,6 +277,7 @@ def train(
     *,
     resume: bool = False,
     on_log: Callable[[int, list[dict]], None] | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[TrainState, list[dict]]:
     """Trains R = len(seeds) runs together (run i: seeds[i], learning_rates[i]).
 
@@ -242,6 +290,9 @@ def train(
       resume: continue from the latest checkpoint in workdir if there is one
         (otherwise start afresh, discarding old metrics).
       on_log: called after each logged chunk with the step and its metric lines.
+      mesh: where to train (see the module docstring); None: the default device.
+        The number of runs must be a multiple of its `runs` axis and
+        `config.batch_size` of its `data` axis.
 
     Returns:
       The final states `[R]` and the metrics history (dicts with run, seed,
@@ -252,10 +303,13 @@ def train(
     """
     if len(seeds) != len(learning_rates):
         raise ValueError(f"seeds and learning_rates must pair up; got {len(seeds)} and {len(learning_rates)}")
+    if mesh is not None:
+        distributed.check_divisible(mesh, len(seeds), config.batch_size)
+    writer = jax.process_index() == 0
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    optimizer, train_chunk, evaluate = _programs(model, task, config)
-    state = init_state(model, optimizer, seeds, learning_rates)
+    optimizer, train_chunk, evaluate = _programs(model, task, config, mesh)
+    state = init_state(model, optimizer, seeds, learning_rates, mesh)
     manager = _checkpoint_manager(workdir, config) if config.checkpoint_every else None
     metrics_path = workdir / "metrics.jsonl"
     history: list[dict] = []
@@ -265,7 +319,8 @@ def train(
         state = manager.restore(start, args=ocp.args.StandardRestore(state))
         history = _read_history(metrics_path, start)
         logging.info("resumed %s at step %d", workdir, start)
-    metrics_path.write_text("".join(json.dumps(line) + "\n" for line in history))
+    if writer:
+        metrics_path.write_text("".join(json.dumps(line) + "\n" for line in history))
 
     tokens_per_chunk = len(seeds) * config.batch_size * task.num_steps(config.length) * config.log_every
     baseline = task.baseline(config.length)
@@ -297,8 +352,9 @@ def train(
             eval_loss, eval_accuracy = jax.device_get(evaluate(state.params, state.seed, config.length))
             for r, line in enumerate(lines):
                 line["eval_loss"], line["eval_accuracy"] = float(eval_loss[r]), float(eval_accuracy[r])
-        with metrics_path.open("a") as f:
-            f.write("".join(json.dumps(line) + "\n" for line in lines))
+        if writer:
+            with metrics_path.open("a") as f:
+                f.write("".join(json.dumps(line) + "\n" for line in lines))
         history.extend(lines)
         logging.info(
             "%s step %d/%d: loss %s acc %s (%.0f tokens/s)",

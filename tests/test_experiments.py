@@ -106,3 +106,36 @@ def test_gradient_flow_experiment(tmp_path, capsys):
     assert "| rnn_relu | scaled |" in capsys.readouterr().out
     for image in ("gradient_flow.png", "clipping.png"):
         assert (tmp_path / image).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_throughput_benchmark_runs_and_reports(tmp_path):
+    """A tiny sweep through the worker processes: every job reports, tables are written."""
+    import subprocess
+    import sys
+
+    args = [
+        "--configs=S=2x5x3x4",
+        "--cells=gru",
+        "--stacks=1,2bi",
+        "--modes=train,forward",
+        "--systems=seqjax,seqjax_autodiff,flax_linen_GRUCell",
+        "--malloc=default",
+        "--repeats=2",
+        "--scale_lengths=6",
+        "--scale_batches=",
+        "--scale_systems=seqjax",
+        "--scale_cell=gru",
+        f"--workdir={tmp_path}",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.throughput", *args], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if "median_ms" in r]
+    # 3 systems x 2 stacks x 2 modes, plus one scaling job.
+    assert len(timed) == 13
+    assert all(r["median_ms"] > 0 and r["gflops"] > 0 for r in timed)
+    assert {r["system"] for r in timed} == {"seqjax", "seqjax_autodiff", "flax_linen_GRUCell"}
+    report = (tmp_path / "results.md").read_text()
+    assert "| gru | seqjax |" in report and "layers 2bi, train" in report and "Scaling" in report

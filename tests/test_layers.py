@@ -59,8 +59,17 @@ def test_layouts_and_unbatched_agree(key):
     np.testing.assert_allclose(out_one, out_tm[:, 0], rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_match_finite_differences(key):
-    layer = seqjax.LSTM(D, H, num_layers=2, bidirectional=True)
+@pytest.mark.parametrize(
+    "layer",
+    [
+        seqjax.LSTM(D, H, num_layers=2, bidirectional=True),
+        seqjax.GRU(D, H, num_layers=2, bidirectional=True, hoist_projection=True, custom_backward=True),
+        seqjax.RNN(D, H, num_layers=2, hoist_projection=False, custom_backward=True),
+        seqjax.LSTM(D, H, bidirectional=True, custom_backward=False),
+    ],
+    ids=["lstm_default", "gru_hoisted", "rnn_in_loop", "lstm_autodiff"],
+)
+def test_gradients_match_finite_differences(key, layer):
     lengths = jnp.array([7, 5, 2, 1])
     with jax.enable_x64(True):
         params = layer.init(key, jnp.float64)
@@ -68,8 +77,8 @@ def test_gradients_match_finite_differences(key):
 
         @jax.jit
         def loss(params, xs):
-            outputs, (h, c) = layer.apply(params, xs, lengths=lengths)
-            return jnp.sum(jnp.sin(outputs)) + jnp.sum(h * c)
+            outputs, state = layer.apply(params, xs, lengths=lengths)
+            return jnp.sum(jnp.sin(outputs)) + sum(jnp.sum(s**2) for s in jax.tree.leaves(state))
 
         check_grads_by_finite_differences(loss, (params, xs))
 

@@ -1,0 +1,334 @@
+"""Training and inference throughput of seqjax's RNN/LSTM/GRU against its peers.
+
+    python -m experiments.throughput                                # everything below
+    python -m experiments.throughput --cells=lstm --stacks=1 --malloc=tuned --scale_lengths= --scale_batches=
+
+Times, side by side on one machine: seqjax (as configured by default, and with the
+other input-projection placement), Flax linen `nn.RNN` over SimpleCell, LSTMCell,
+OptimizedLSTMCell, GRUCell, their Flax NNX equivalents, Equinox cells under
+`lax.scan`, Haiku's cores under `hk.dynamic_unroll`, and PyTorch's `nn.RNN/LSTM/GRU`
+with `torch.set_num_threads(--threads)` (the peers need `pip install -e .[bench]`;
+missing ones are skipped). float32, `[batch, time, input]` inputs.
+
+Every (system, cell) runs in its own worker process, once per --malloc setting
+(`tuned` sets GLIBC_TUNABLES to keep freed memory in one arena instead of
+returning it to the kernel; allocation of large buffers then stops page-faulting).
+Per job: compile time of the first call, then `--repeats` timed calls after two
+warm-up calls (median, min, max), and the job's peak resident memory above the
+worker's baseline (VmHWM, reset before each job; shown for the default malloc
+only, since the tuned one keeps freed memory mapped, so that a job reusing it
+shows no growth). Achieved GFLOP/s counts the
+matmul FLOPs of `Job.matmul_flops` and is compared with a float32 matmul roofline
+measured by the same kind of worker.
+
+Outputs in --workdir: results.jsonl (one line per job), results.md (the tables
+printed at the end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from experiments.throughput_systems import CELLS, Job, build, systems_for
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("configs", ["C1=64x256x32x256", "C2=32x512x8x128"], "name=batch x time x input x hidden.")
+flags.DEFINE_list("cells", list(CELLS), "Cells: rnn, lstm, gru.")
+flags.DEFINE_list("stacks", ["1", "2bi"], "Layer stacks: <layers>, or <layers>bi for bidirectional.")
+flags.DEFINE_list("modes", ["train", "forward"], "train (forward + gradients) and/or forward.")
+flags.DEFINE_list("systems", None, "Systems to time (default: every one installed); see throughput_systems.")
+flags.DEFINE_list("malloc", ["default", "tuned"], "glibc malloc settings: default and/or tuned.")
+flags.DEFINE_integer("repeats", 10, "Timed calls per job (the median is reported).")
+flags.DEFINE_integer("threads", os.cpu_count(), "PyTorch threads (JAX uses every core).")
+flags.DEFINE_list("scale_lengths", ["128", "256", "512", "1024", "2048"], "Times for the scaling sweep.")
+flags.DEFINE_list("scale_batches", ["16", "64", "256"], "Batches for the scaling sweep.")
+flags.DEFINE_list("scale_systems", ["seqjax", "torch", "flax_nnx_OptimizedLSTMCell"], "Systems in the sweep.")
+flags.DEFINE_string("scale_cell", "lstm", "Cell of the scaling sweep (C1's other sizes, train step).")
+flags.DEFINE_string("workdir", "runs/throughput", "Output directory.")
+flags.DEFINE_list("report", None, "Only print the tables of these results.jsonl files (merged).")
+flags.DEFINE_string("worker", None, "Internal: run the JSON list of jobs and print one JSON line each.")
+
+TUNED_MALLOC = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4000000000"
+
+
+def _rss_peak_reset() -> int:
+    """Resets the process's peak RSS and returns the current RSS, in bytes."""
+    try:
+        pathlib.Path("/proc/self/clear_refs").write_text("5")
+        status = pathlib.Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+
+def _rss_peak() -> int:
+    try:
+        status = pathlib.Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def _time_calls(fn, args, repeats: int, is_torch: bool) -> tuple[float, list[float]]:
+    """(seconds of the first call, seconds of each of `repeats` calls after two warm-ups)."""
+    import jax
+
+    def call():
+        out = fn(*args)
+        if not is_torch:
+            jax.block_until_ready(out)
+
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    call()
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return first, times
+
+
+def _roofline(repeats: int) -> float:
+    """float32 GFLOP/s of a 2048^3 matmul: the best of XLA's and NumPy's."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 2048
+    a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+    matmul = jax.jit(jnp.matmul)
+    best = 0.0
+    for fn, args, is_torch in ((matmul, (jnp.asarray(a), jnp.asarray(a)), False), (np.matmul, (a, a), True)):
+        _, times = _time_calls(fn, args, repeats, is_torch)
+        best = max(best, 2 * n**3 / np.median(times) / 1e9)
+    return best
+
+
+def run_worker(jobs: list[dict], repeats: int, threads: int) -> None:
+    """Runs jobs (dicts of Job fields plus `mode`) and prints a JSON line for each."""
+    for spec in jobs:
+        spec = dict(spec)
+        mode = spec.pop("mode")
+        row = {**spec, "mode": mode}
+        if spec["system"] == "roofline":
+            row["gflops"] = _roofline(repeats)
+            print(json.dumps(row), flush=True)
+            continue
+        job = Job(**spec)
+        baseline = _rss_peak_reset()
+        try:
+            built = build(job, threads)
+        except ImportError as e:
+            row["skipped"] = f"not installed: {e.name}"
+            print(json.dumps(row), flush=True)
+            continue
+        if built is None:
+            row["skipped"] = f"no {job.cell} cell"
+            print(json.dumps(row), flush=True)
+            continue
+        train, forward, args, is_torch = built
+        first, times = _time_calls(train if mode == "train" else forward, args, repeats, is_torch)
+        median = float(np.median(times))
+        row.update(
+            median_ms=1e3 * median,
+            min_ms=1e3 * min(times),
+            max_ms=1e3 * max(times),
+            compile_s=max(first - median, 0.0),
+            peak_mib=max(_rss_peak() - baseline, 0) / 2**20,
+            tokens_per_s=job.batch * job.time / median,
+            gflops=job.matmul_flops(mode == "train") / median / 1e9,
+        )
+        print(json.dumps(row), flush=True)
+
+
+def _cpu_name() -> str:
+    try:
+        cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+        return cpuinfo.split("model name")[1].split(":", 1)[1].split("\n")[0].strip()
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
+
+
+def _parse_config(text: str) -> tuple[str, tuple[int, ...]]:
+    name, _, dims = text.partition("=")
+    sizes = tuple(int(v) for v in dims.split("x"))
+    if len(sizes) != 4:
+        raise ValueError(f"--configs entries are name=BxTxDxH; got {text!r}")
+    return name, sizes
+
+
+def _parse_stack(text: str) -> tuple[int, bool]:
+    bidirectional = text.endswith("bi")
+    return int(text.removesuffix("bi")), bidirectional
+
+
+def _jobs() -> list[dict]:
+    """Every measurement as a dict of Job fields + mode + config + sweep labels."""
+    jobs = []
+    for text in FLAGS.configs:
+        name, (b, t, d, h) = _parse_config(text)
+        for stack in FLAGS.stacks:
+            layers, bi = _parse_stack(stack)
+            for cell in FLAGS.cells:
+                for system in systems_for(cell):
+                    if FLAGS.systems and system not in FLAGS.systems:
+                        continue
+                    for mode in FLAGS.modes:
+                        job = Job(system, cell, b, t, d, h, layers, bi)
+                        jobs.append({**dataclasses.asdict(job), "mode": mode, "config": name, "stack": stack})
+    _, (b, t, d, h) = _parse_config(FLAGS.configs[0])
+    sweep = [("time", (b, int(v))) for v in FLAGS.scale_lengths] + [
+        ("batch", (int(v), t)) for v in FLAGS.scale_batches
+    ]
+    for axis, (bb, tt) in sweep:
+        for system in FLAGS.scale_systems:
+            if system in systems_for(FLAGS.scale_cell):
+                job = Job(system, FLAGS.scale_cell, bb, tt, d, h)
+                jobs.append(
+                    {**dataclasses.asdict(job), "mode": "train", "config": f"scale_{axis}", "stack": "1"}
+                )
+    return jobs
+
+
+def _run_workers(jobs: list[dict], malloc: str) -> list[dict]:
+    """One worker process per (system, cell); returns the rows they printed."""
+    env = dict(os.environ)
+    if malloc == "tuned":
+        env["GLIBC_TUNABLES"] = TUNED_MALLOC
+    else:
+        env.pop("GLIBC_TUNABLES", None)
+    groups: dict[tuple[str, str], list[dict]] = {("roofline", ""): [{"system": "roofline", "mode": "-"}]}
+    for job in jobs:
+        groups.setdefault((job["system"], job["cell"]), []).append(job)
+    rows = []
+    for (system, cell), group in groups.items():
+        print(f"[{malloc}] {system} {cell}: {len(group)} jobs", flush=True)
+        worker_jobs = [{k: v for k, v in j.items() if k not in ("config", "stack")} for j in group]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "experiments.throughput",
+                f"--worker={json.dumps(worker_jobs)}",
+                f"--repeats={FLAGS.repeats}",
+                f"--threads={FLAGS.threads}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        if out.returncode:
+            print(out.stderr[-3000:], file=sys.stderr)
+        # A worker prints one line per job, in order, until it finishes or fails.
+        rows += [{**job, **line, "malloc": malloc} for job, line in zip(group, lines, strict=False)]
+    return rows
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f}"
+
+
+def tables(rows: list[dict]) -> str:
+    """Markdown tables: one per (config, stack, mode, malloc), plus the scaling sweep."""
+    roof = {r["malloc"]: r["gflops"] for r in rows if r["system"] == "roofline"}
+    timed = [r for r in rows if "median_ms" in r]
+    out = ["float32 matmul roofline: " + ", ".join(f"{m} malloc {_fmt(g)} GFLOP/s" for m, g in roof.items())]
+    header = (
+        "| cell | system | ms/step (median) | min-max | tokens/s | vs best peer | GFLOP/s | % roofline "
+        "| compile (s) | peak MiB |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    keys = sorted(
+        {
+            (r["config"], r["stack"], r["mode"], r["malloc"])
+            for r in timed
+            if not r["config"].startswith("scale")
+        }
+    )
+    for config, stack, mode, malloc in keys:
+        group = [
+            r
+            for r in timed
+            if (r["config"], r["stack"], r["mode"], r["malloc"]) == (config, stack, mode, malloc)
+        ]
+        out.append(
+            f"\n### {config} (b={group[0]['batch']}, t={group[0]['time']}, d={group[0]['input_size']}, "
+            f"h={group[0]['hidden_size']}), layers {stack}, {mode}, {malloc} malloc\n\n{header}"
+        )
+        for cell in CELLS:
+            cell_rows = sorted((r for r in group if r["cell"] == cell), key=lambda r: r["median_ms"])
+            peers = [r["median_ms"] for r in cell_rows if not r["system"].startswith("seqjax")]
+            best_peer = min(peers) if peers else float("nan")
+            for r in cell_rows:
+                cols = [
+                    cell,
+                    r["system"],
+                    _fmt(r["median_ms"]),
+                    f"{_fmt(r['min_ms'])}-{_fmt(r['max_ms'])}",
+                    f"{r['tokens_per_s']:.3g}",
+                    f"{best_peer / r['median_ms']:.2f}x",
+                    _fmt(r["gflops"]),
+                    _fmt(100 * r["gflops"] / roof[malloc], 0),
+                    _fmt(r["compile_s"], 2),
+                    _fmt(r["peak_mib"], 0) if malloc == "default" else "-",
+                ]
+                out.append("| " + " | ".join(cols) + " |")
+    scale = [r for r in timed if r["config"].startswith("scale")]
+    for malloc in sorted({r["malloc"] for r in scale}):
+        out.append(f"\n### Scaling, {scale[0]['cell']} train step, {malloc} malloc (ms/step; us per token)\n")
+        out.append("| system | axis | batch | time | ms/step | us/token |\n|---|---|---|---|---|---|")
+        for r in sorted(
+            (r for r in scale if r["malloc"] == malloc),
+            key=lambda r: (r["system"], r["config"], r["batch"], r["time"]),
+        ):
+            out.append(
+                f"| {r['system']} | {r['config'][6:]} | {r['batch']} | {r['time']} | {_fmt(r['median_ms'])} "
+                f"| {_fmt(1e6 / r['tokens_per_s'], 2)} |"
+            )
+    skipped = sorted({f"{r['system']}: {r['skipped']}" for r in rows if "skipped" in r})
+    if skipped:
+        out.append("\nSkipped: " + "; ".join(skipped))
+    return "\n".join(out)
+
+
+def main(argv) -> None:
+    del argv
+    if FLAGS.worker is not None:
+        run_worker(json.loads(FLAGS.worker), FLAGS.repeats, FLAGS.threads)
+        return
+    if FLAGS.report:
+        rows = [json.loads(line) for path in FLAGS.report for line in open(path) if line.strip()]
+        print(f"Machine: {rows[0]['machine']}\n\n{tables(rows)}")
+        return
+    import jax
+
+    workdir = pathlib.Path(FLAGS.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    jobs = _jobs()
+    rows = []
+    for malloc in FLAGS.malloc:
+        rows += _run_workers(jobs, malloc)
+    machine = f"{_cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
+    with open(workdir / "results.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps({**row, "machine": machine}) + "\n")
+    text = f"Machine: {machine}\n\n" + tables(rows)
+    (workdir / "results.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    app.run(main)

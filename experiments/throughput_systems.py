@@ -1,0 +1,275 @@
+"""The systems that `experiments.throughput` times: seqjax and its peers.
+
+Each builder takes a `Job` and returns `(train_step, forward, args)`: two
+functions of `*args` (JAX functions are jitted, PyTorch's are plain calls) that
+run a training step (forward, the loss `mean(outputs ** 2)`, gradients with
+respect to every parameter) and inference. Peers are optional imports
+(`pip install -e .[bench]`); a builder raises ImportError when its library is
+missing and `None` is returned for cells a library does not have.
+
+Inputs are `[batch, time, input]` for every system; each one is given its
+natural layout (seqjax and PyTorch run time-major internally, as their layers do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CELLS = ("rnn", "lstm", "gru")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One measurement: a system running a cell on a shape.
+
+    batch, time, input_size, hidden_size: the shape (b, t, d, h).
+    num_layers, bidirectional: the stack.
+    """
+
+    system: str
+    cell: str
+    batch: int
+    time: int
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bidirectional: bool = False
+
+    @property
+    def num_gates(self) -> int:
+        return {"rnn": 1, "lstm": 4, "gru": 3}[self.cell]
+
+    def matmul_flops(self, train: bool) -> float:
+        """FLOPs of the matmuls, the only O(h^2) work (elementwise work is ignored).
+
+        Forward, per layer and direction: 2*b*t*g*h*(d_l + h), d_l its input size.
+        Training adds the state gradient (2*b*t*g*h*h), the input gradient for
+        layers after the first (2*b*t*g*h*d_l) and the weight gradients
+        (2*b*t*g*h*(d_l + h)).
+        """
+        n = 2 if self.bidirectional else 1
+        total = 0.0
+        for layer in range(self.num_layers):
+            d = self.input_size if layer == 0 else n * self.hidden_size
+            unit = 2.0 * self.batch * self.time * self.num_gates * self.hidden_size
+            forward = unit * (d + self.hidden_size)
+            backward = unit * self.hidden_size + unit * (d + self.hidden_size) + (unit * d if layer else 0)
+            total += n * (forward + (backward if train else 0.0))
+        return total
+
+
+def _inputs(job: Job) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((job.batch, job.time, job.input_size), np.float32)
+
+
+def _jax_steps(apply: Callable[[Any, jax.Array], jax.Array], params: Any, job: Job):
+    """Jitted train step and forward of `apply(params, xs [b, t, d]) -> ys`."""
+
+    def loss(p, xs):
+        return jnp.mean(apply(p, xs) ** 2)
+
+    train = jax.jit(jax.value_and_grad(loss))
+    forward = jax.jit(apply)
+    return train, forward, (params, jnp.asarray(_inputs(job)))
+
+
+def _stack(job: Job, one_direction: Callable[[Any, jax.Array], jax.Array], init: Callable[[Any, int], Any]):
+    """Deep/bidirectional stack of `one_direction(params, xs [b, t, d]) -> [b, t, h]`
+    for the peers without their own; `init(key, input_size) -> params`."""
+    n = 2 if job.bidirectional else 1
+    keys = jax.random.split(jax.random.key(0), (job.num_layers, n))
+    params = [
+        [init(keys[l, k], job.input_size if l == 0 else n * job.hidden_size) for k in range(n)]
+        for l in range(job.num_layers)
+    ]
+
+    def apply(params, xs):
+        for layer in params:
+            outs = [one_direction(layer[0], xs)]
+            if n == 2:
+                outs.append(jnp.flip(one_direction(layer[1], jnp.flip(xs, 1)), 1))
+            xs = jnp.concatenate(outs, -1) if n == 2 else outs[0]
+        return xs
+
+    return apply, params
+
+
+def seqjax_system(job: Job, hoist_projection: bool | None = None, custom_backward: bool = True):
+    from seqjax import layers
+
+    cls = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}[job.cell]
+    layer = cls(
+        job.input_size,
+        job.hidden_size,
+        job.num_layers,
+        bidirectional=job.bidirectional,
+        batch_first=True,
+        hoist_projection=hoist_projection,
+        custom_backward=custom_backward,
+    )
+    return _jax_steps(lambda p, xs: layer.apply(p, xs)[0], layer.init(jax.random.key(0)), job)
+
+
+def flax_linen_system(job: Job, cell_name: str):
+    import flax.linen as nn
+
+    cell_cls = getattr(nn, cell_name)
+
+    class Stack(nn.Module):
+        @nn.compact
+        def __call__(self, xs):
+            for _ in range(job.num_layers):
+                rnn = nn.RNN(cell_cls(job.hidden_size))
+                if job.bidirectional:
+                    rnn = nn.Bidirectional(rnn, nn.RNN(cell_cls(job.hidden_size)))
+                xs = rnn(xs)
+            return xs
+
+    model = Stack()
+    xs = jnp.asarray(_inputs(job))
+    return _jax_steps(model.apply, model.init(jax.random.key(0), xs[:, :2]), job)
+
+
+def flax_nnx_system(job: Job, cell_name: str):
+    from flax import nnx
+
+    cell_cls = getattr(nnx, cell_name)
+    rngs = nnx.Rngs(0)
+    n = 2 if job.bidirectional else 1
+    rnns = []
+    for l in range(job.num_layers):
+        d = job.input_size if l == 0 else n * job.hidden_size
+        make = lambda d=d: nnx.RNN(cell_cls(d, job.hidden_size, rngs=rngs))  # noqa: E731
+        rnns.append(nnx.Bidirectional(make(), make()) if job.bidirectional else make())
+    graphdef, params, rest = nnx.split(nnx.List(rnns), nnx.Param, ...)
+
+    def apply(params, xs):
+        # An explicit zero carry keeps the cells from drawing one from their Rngs.
+        zeros = jnp.zeros((xs.shape[0], job.hidden_size), xs.dtype)
+        carry = (zeros, zeros) if job.cell == "lstm" else zeros
+        for rnn in nnx.merge(graphdef, params, rest):
+            xs = rnn(xs, initial_carry=(carry, carry) if job.bidirectional else carry)
+        return xs
+
+    return _jax_steps(apply, params, job)
+
+
+def equinox_system(job: Job):
+    import equinox as eqx
+
+    cell_cls = {"lstm": eqx.nn.LSTMCell, "gru": eqx.nn.GRUCell}.get(job.cell)
+    if cell_cls is None:
+        return None  # Equinox has no vanilla RNN cell.
+
+    def init(key, d):
+        return eqx.filter(cell_cls(d, job.hidden_size, key=key), eqx.is_array)
+
+    static = eqx.filter(
+        cell_cls(job.input_size, job.hidden_size, key=jax.random.key(0)), eqx.is_array, inverse=True
+    )
+
+    def one_direction(params, xs):
+        cell = eqx.combine(params, static)
+        zeros = jnp.zeros((xs.shape[0], job.hidden_size), xs.dtype)
+        carry = (zeros, zeros) if job.cell == "lstm" else zeros
+        batched = jax.vmap(cell)
+
+        def step(c, x):
+            c = batched(x, c)
+            return c, c[0] if job.cell == "lstm" else c
+
+        return jnp.swapaxes(jax.lax.scan(step, carry, jnp.swapaxes(xs, 0, 1))[1], 0, 1)
+
+    return _jax_steps(*_stack(job, one_direction, init), job)
+
+
+def haiku_system(job: Job):
+    import haiku as hk
+
+    core_cls = {"rnn": hk.VanillaRNN, "lstm": hk.LSTM, "gru": hk.GRU}[job.cell]
+
+    def one_direction_fn(xs):
+        core = core_cls(job.hidden_size)
+        ys, _ = hk.dynamic_unroll(core, jnp.swapaxes(xs, 0, 1), core.initial_state(xs.shape[0]))
+        return jnp.swapaxes(ys, 0, 1)
+
+    transformed = hk.without_apply_rng(hk.transform(one_direction_fn))
+
+    def init(key, d):
+        return transformed.init(key, jnp.zeros((1, 2, d)))
+
+    return _jax_steps(*_stack(job, transformed.apply, init), job)
+
+
+def torch_system(job: Job, threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
+    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[job.cell]
+    torch.manual_seed(0)
+    model = cls(
+        job.input_size, job.hidden_size, job.num_layers, bidirectional=job.bidirectional, batch_first=True
+    )
+    xs = torch.from_numpy(_inputs(job))
+
+    def train(xs):
+        model.zero_grad(set_to_none=True)
+        loss = model(xs)[0].pow(2).mean()
+        loss.backward()
+        return loss
+
+    def forward(xs):
+        with torch.inference_mode():
+            return model(xs)[0]
+
+    return train, forward, (xs,)
+
+
+def _flax_cells(cell: str) -> list[str]:
+    return {"rnn": ["SimpleCell"], "lstm": ["LSTMCell", "OptimizedLSTMCell"], "gru": ["GRUCell"]}[cell]
+
+
+def systems_for(cell: str) -> list[str]:
+    """Names of every system that can run `cell`: seqjax as configured by default,
+    seqjax with the other projection placement and with JAX's differentiation of
+    the scan (the measurements behind the defaults), then the peers."""
+    names = [
+        "seqjax",
+        "seqjax_hoisted" if jax.default_backend() == "cpu" else "seqjax_in_loop",
+        "seqjax_autodiff",
+    ]
+    names += [f"flax_linen_{c}" for c in _flax_cells(cell)]
+    names += [f"flax_nnx_{c}" for c in _flax_cells(cell)]
+    names += (["equinox"] if cell != "rnn" else []) + ["haiku", "torch"]
+    return names
+
+
+def build(job: Job, threads: int):
+    """`(train_step, forward, args, is_torch)` for `job`, or None if the system
+    lacks the cell. Raises ImportError when the system's library is missing."""
+    name = job.system
+    if name == "seqjax":
+        built = seqjax_system(job)
+    elif name in ("seqjax_hoisted", "seqjax_in_loop"):
+        built = seqjax_system(job, hoist_projection=name == "seqjax_hoisted")
+    elif name == "seqjax_autodiff":
+        built = seqjax_system(job, custom_backward=False)
+    elif name.startswith("flax_linen_"):
+        built = flax_linen_system(job, name.removeprefix("flax_linen_"))
+    elif name.startswith("flax_nnx_"):
+        built = flax_nnx_system(job, name.removeprefix("flax_nnx_"))
+    elif name == "equinox":
+        built = equinox_system(job)
+    elif name == "haiku":
+        built = haiku_system(job)
+    elif name == "torch":
+        built = torch_system(job, threads)
+    else:
+        raise ValueError(f"unknown system {name!r}")
+    return None if built is None else (*built, name == "torch")
