@@ -1,10 +1,10 @@
 """Running a cell over time with `jax.lax.scan`, with per-example lengths.
 
 `scan` runs any step function and is differentiated by JAX. `scan_cell` runs a
-`seqjax.cells.Cell` on projected inputs with a hand-written backward pass: the
+`seqjax.cells.Cell` on raw inputs with a hand-written backward pass: the
 backward scan carries only the state gradient and stacks the gate gradients,
-and the recurrent weight gradient is one `[h, t*b] x [t*b, g*h]` matmul after
-it, instead of a `[h, b] x [b, g*h]` product accumulated at every step.
+and each weight gradient is one `[k, t*b] x [t*b, g*h]` matmul after it,
+instead of a `[k, b] x [b, g*h]` product accumulated at every step.
 """
 
 from __future__ import annotations
