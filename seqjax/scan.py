@@ -111,8 +111,9 @@ def _mask_steps(lengths: Array | None, num_steps: int) -> Array | None:
 
 
 def _forward(cell, reverse, unroll, hoist, params, carry, xs, lengths, keep_residuals):
-    """The forward scan; with `keep_residuals` it also stacks each step's input
-    carry and recurrent projection `gh` for the backward pass."""
+    """The forward scan: `(final, ys, gx, residuals)`, gx the scanned inputs (projected
+    if `hoist`); with `keep_residuals` it also stacks each step's input carry and
+    recurrent projection `gh` for the backward pass."""
 
     def step(c, inputs):
         x, valid = inputs
@@ -124,27 +125,26 @@ def _forward(cell, reverse, unroll, hoist, params, carry, xs, lengths, keep_resi
         return new, (y, (c, gh) if keep_residuals else None)
 
     gx = cell.project(params, xs) if hoist else xs
-    return jax.lax.scan(step, carry, (gx, _mask_steps(lengths, xs.shape[0])), reverse=reverse, unroll=unroll)
+    final, (ys, residuals) = jax.lax.scan(
+        step, carry, (gx, _mask_steps(lengths, xs.shape[0])), reverse=reverse, unroll=unroll
+    )
+    return final, ys, gx, residuals
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def _scan_cell(cell, reverse, unroll, hoist, params, carry, xs, lengths):
-    final, (ys, _) = _forward(cell, reverse, unroll, hoist, params, carry, xs, lengths, False)
+    final, ys, _, _ = _forward(cell, reverse, unroll, hoist, params, carry, xs, lengths, False)
     return final, ys
 
 
 def _scan_cell_fwd(cell, reverse, unroll, hoist, params, carry, xs, lengths):
-    final, (ys, residuals) = _forward(cell, reverse, unroll, hoist, params, carry, xs, lengths, True)
-    return (final, ys), (params, xs, lengths, residuals)
-
-
-def _matmul_2d(a: Array, b: Array) -> Array:
-    """`a: [..., k] @ b: [k, n]` as one 2-D matmul (see `cells._project`)."""
-    return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+    final, ys, gx, residuals = _forward(cell, reverse, unroll, hoist, params, carry, xs, lengths, True)
+    # The hoisted projection is kept rather than recomputed; in the loop, gx is xs itself.
+    return (final, ys), (params, xs, gx, lengths, residuals)
 
 
 def _scan_cell_bwd(cell, reverse, unroll, hoist, saved, cotangents):
-    params, xs, lengths, (carries, ghs) = saved
+    params, xs, gx, lengths, (carries, ghs) = saved
     d_final, d_ys = cotangents
     w_hh_t = params["w_hh"].T
 
@@ -170,7 +170,6 @@ def _scan_cell_bwd(cell, reverse, unroll, hoist, saved, cotangents):
         # for both; stacking it once saves a [t, b, g*h] buffer.
         return d_c, (None if d_g is d_gh else d_g, d_gh)
 
-    gx = cell.project(params, xs) if hoist else xs
     d_carry, (d_gx, d_gh) = jax.lax.scan(
         step,
         d_final,
@@ -191,7 +190,7 @@ def _scan_cell_bwd(cell, reverse, unroll, hoist, saved, cotangents):
         d_params["b_ih"] = d_gx_2d.sum(0)
         d_params["b_hh"] = d_gh_2d.sum(0)
     d_params = {k: d_params[k].astype(v.dtype) for k, v in params.items()}
-    d_xs = _matmul_2d(d_gx, params["w_ih"].T).astype(xs.dtype)
+    d_xs = (d_gx_2d @ params["w_ih"].T).reshape(xs.shape).astype(xs.dtype)
     return d_params, d_carry, d_xs, None
 
 
