@@ -100,7 +100,7 @@ def _stack(job: Job, one_direction: Callable[[Any, jax.Array], jax.Array], init:
     return apply, params
 
 
-def seqjax_system(job: Job, hoist_projection: bool | None = None, custom_backward: bool = True):
+def seqjax_system(job: Job, cpu_kernel: bool | None = None, custom_backward: bool | None = None):
     from seqjax import layers
 
     cls = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}[job.cell]
@@ -110,7 +110,7 @@ def seqjax_system(job: Job, hoist_projection: bool | None = None, custom_backwar
         job.num_layers,
         bidirectional=job.bidirectional,
         batch_first=True,
-        hoist_projection=hoist_projection,
+        cpu_kernel=cpu_kernel,
         custom_backward=custom_backward,
     )
     return _jax_steps(lambda p, xs: layer.apply(p, xs)[0], layer.init(jax.random.key(0)), job)
@@ -236,14 +236,11 @@ def _flax_cells(cell: str) -> list[str]:
 
 
 def systems_for(cell: str) -> list[str]:
-    """Names of every system that can run `cell`: seqjax as configured by default,
-    seqjax with the other projection placement and with JAX's differentiation of
-    the scan (the measurements behind the defaults), then the peers."""
-    names = [
-        "seqjax",
-        "seqjax_hoisted" if jax.default_backend() == "cpu" else "seqjax_in_loop",
-        "seqjax_autodiff",
-    ]
+    """Names of every system that can run `cell`: seqjax as configured by default
+    (on CPU, the fused kernel), seqjax's `lax.scan` with its hand-written backward
+    pass and with JAX's differentiation of the scan (the measurements behind the
+    defaults), then the peers."""
+    names = ["seqjax", "seqjax_scan", "seqjax_autodiff"]
     names += [f"flax_linen_{c}" for c in _flax_cells(cell)]
     names += [f"flax_nnx_{c}" for c in _flax_cells(cell)]
     names += (["equinox"] if cell != "rnn" else []) + ["haiku", "torch"]
@@ -256,10 +253,10 @@ def build(job: Job, threads: int):
     name = job.system
     if name == "seqjax":
         built = seqjax_system(job)
-    elif name in ("seqjax_hoisted", "seqjax_in_loop"):
-        built = seqjax_system(job, hoist_projection=name == "seqjax_hoisted")
+    elif name == "seqjax_scan":
+        built = seqjax_system(job, cpu_kernel=False, custom_backward=True)
     elif name == "seqjax_autodiff":
-        built = seqjax_system(job, custom_backward=False)
+        built = seqjax_system(job, cpu_kernel=False, custom_backward=False)
     elif name.startswith("flax_linen_"):
         built = flax_linen_system(job, name.removeprefix("flax_linen_"))
     elif name.startswith("flax_nnx_"):

@@ -100,6 +100,9 @@ class Cell(NamedTuple):
       hidden_projection: `(params, h) -> gh`, `h @ w_hh + b_hh`: `[..., g*h]`.
       update: `(carry, gx_t, gh_t) -> (carry, y_t)`, the elementwise rest of
         `step`: `step(params, c, gx) == update(c, gx, hidden_projection(params, hidden(c)))`.
+      kernel: which of `seqjax.cpu_kernel`'s fused loops computes this cell
+        ("rnn_tanh", "rnn_relu", "rnn_identity", "lstm", "gru"); None for a cell
+        it does not know.
     """
 
     hidden_size: int
@@ -112,6 +115,7 @@ class Cell(NamedTuple):
     hidden: Callable[[Carry], Array]
     hidden_projection: Callable[[Params, Array], Array]
     update: Callable[[Carry, Array, Array], tuple[Carry, Array]]
+    kernel: str | None = None
 
 
 def _check_size(value: Any, name: str) -> None:
@@ -174,7 +178,7 @@ def _hidden_projection(params: Params, h: Array) -> Array:
     return gh + params["b_hh"] if "b_hh" in params else gh
 
 
-def _make_cell(hidden_size, num_gates, init, initial_carry, update, hidden=lambda h: h) -> Cell:
+def _make_cell(hidden_size, num_gates, init, initial_carry, update, kernel, hidden=lambda h: h) -> Cell:
     def step(params: Params, carry: Carry, gx: Array) -> tuple[Carry, Array]:
         return update(carry, gx, _hidden_projection(params, hidden(carry)))
 
@@ -182,7 +186,17 @@ def _make_cell(hidden_size, num_gates, init, initial_carry, update, hidden=lambd
         return step(params, carry, _project(params, x))
 
     return Cell(
-        hidden_size, num_gates, init, initial_carry, _project, step, apply, hidden, _hidden_projection, update
+        hidden_size,
+        num_gates,
+        init,
+        initial_carry,
+        _project,
+        step,
+        apply,
+        hidden,
+        _hidden_projection,
+        update,
+        kernel,
     )
 
 
@@ -222,8 +236,9 @@ def rnn(
     (5, 3)
     """
     _check_size(hidden_size, "hidden_size")
+    nonlinearity = as_enum(Nonlinearity, nonlinearity, "nonlinearity")
     act = {Nonlinearity.TANH: jnp.tanh, Nonlinearity.RELU: jax.nn.relu, Nonlinearity.IDENTITY: lambda x: x}[
-        as_enum(Nonlinearity, nonlinearity, "nonlinearity")
+        nonlinearity
     ]
     init = _make_init(hidden_size, 1, bias, as_enum(RecurrentInit, recurrent_init, "recurrent_init"))
 
@@ -231,7 +246,7 @@ def rnn(
         h = act(gx + gh)
         return h, h
 
-    return _make_cell(hidden_size, 1, init, _zeros_carry(hidden_size), update)
+    return _make_cell(hidden_size, 1, init, _zeros_carry(hidden_size), update, f"rnn_{nonlinearity.value}")
 
 
 def lstm(
@@ -284,7 +299,7 @@ def lstm(
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return LSTMState(h, c), h
 
-    return _make_cell(hidden_size, 4, init, initial_carry, update, hidden=lambda carry: carry.h)
+    return _make_cell(hidden_size, 4, init, initial_carry, update, "lstm", hidden=lambda carry: carry.h)
 
 
 def gru(
@@ -325,4 +340,4 @@ def gru(
         h = (1 - z) * n + z * h
         return h, h
 
-    return _make_cell(hidden_size, 3, init, _zeros_carry(hidden_size), update)
+    return _make_cell(hidden_size, 3, init, _zeros_carry(hidden_size), update, "gru")

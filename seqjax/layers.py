@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import cells, scan, torch_weights
+from seqjax import cells, cpu_kernel, scan, torch_weights
 from seqjax.cells import LSTMState, Nonlinearity, RecurrentInit
 
 Array = jax.Array
@@ -49,6 +49,7 @@ class _Recurrent:
     unroll: int = 1
     hoist_projection: bool | None = None
     custom_backward: bool | None = None
+    cpu_kernel: bool | None = None
 
     def __post_init__(self):
         for name in ("input_size", "hidden_size", "num_layers", "unroll"):
@@ -165,13 +166,25 @@ class _Recurrent:
         on_cpu = jax.default_backend() == "cpu"
         hoist = not on_cpu if self.hoist_projection is None else self.hoist_projection
         custom_backward = on_cpu if self.custom_backward is None else self.custom_backward
+        use_kernel = self.cpu_kernel
+        if use_kernel is None:
+            use_kernel = (
+                on_cpu
+                and custom_backward
+                and cpu_kernel.supports(self.cell, params, carries, xs)
+                and cpu_kernel.available()
+            )
         finals = []
         for l, layer_params in enumerate(params):
             ys = []
             for d, p in enumerate(layer_params):
                 carry0 = carries[l * self.num_directions + d]
                 options = dict(lengths=lengths, reverse=d == 1, unroll=self.unroll)
-                if custom_backward:
+                if use_kernel:
+                    carry, y = cpu_kernel.scan_kernel(
+                        self.cell, p, carry0, xs, lengths=lengths, reverse=d == 1
+                    )
+                elif custom_backward:
                     carry, y = scan.scan_cell(self.cell, p, carry0, xs, hoist=hoist, **options)
                 elif hoist:
                     carry, y = scan.scan(self.cell.step, p, carry0, self.cell.project(p, xs), **options)
@@ -228,7 +241,11 @@ class RNN(_Recurrent):
     (inside on CPU, before elsewhere); custom_backward: differentiate with
     `seqjax.scan.scan_cell`'s hand-written backward pass (reverse mode only), or,
     if False, let JAX differentiate the scan (forward mode too: `jax.jvp`); None
-    picks the hand-written pass on CPU and JAX's elsewhere.
+    picks the hand-written pass on CPU and JAX's elsewhere; cpu_kernel: run each
+    layer and direction as one call of `seqjax.cpu_kernel`'s fused loop (CPU,
+    float32; reverse mode only), or not; None uses it on CPU whenever it applies
+    (and custom_backward is not False) and it could be built, which is what
+    experiments/throughput.py measured fastest.
 
     >>> layer = RNN(input_size=4, hidden_size=8, num_layers=2, batch_first=True)
     >>> params = layer.init(jax.random.key(0))

@@ -179,8 +179,27 @@ def _scan_cell_bwd(cell, reverse, unroll, hoist, saved, cotangents):
     )
     if d_gx is None:
         d_gx = d_gh
-    # Every weight gradient is one large matmul over all t*b rows.
-    h_prev = cell.hidden(carries)  # [t, b, h]
+    d_params, d_xs = input_and_weight_gradients(params, xs, cell.hidden(carries), d_gx, d_gh)
+    return d_params, d_carry, d_xs, None
+
+
+def input_and_weight_gradients(
+    params: dict[str, Array], xs: Array, h_prev: Array, d_gx: Array, d_gh: Array
+) -> tuple[dict[str, Array], Array]:
+    """Parameter and input gradients of a scanned cell from its gate gradients.
+
+    Every one is a single large matmul over all t*b rows.
+
+    Args:
+      params: the cell's parameters.
+      xs: `[t, b, d]`, the raw inputs.
+      h_prev: `[t, b, h]`, the hidden state each step's recurrent matmul read.
+      d_gx, d_gh: `[t, b, g*h]`, gradients of the input projection
+        `xs @ w_ih + b_ih` and of the recurrent projection `h_prev @ w_hh + b_hh`.
+
+    Returns:
+      `(d_params, d_xs)`, shaped and typed like `params` and `xs`.
+    """
     d_gx_2d, d_gh_2d = d_gx.reshape(-1, d_gx.shape[-1]), d_gh.reshape(-1, d_gh.shape[-1])
     d_params = {
         "w_ih": xs.reshape(-1, xs.shape[-1]).T @ d_gx_2d,
@@ -188,10 +207,11 @@ def _scan_cell_bwd(cell, reverse, unroll, hoist, saved, cotangents):
     }
     if "b_ih" in params:
         d_params["b_ih"] = d_gx_2d.sum(0)
-        d_params["b_hh"] = d_gh_2d.sum(0)
+        # One pass over the [t*b, g*h] gradients when they are one array (RNN, LSTM).
+        d_params["b_hh"] = d_params["b_ih"] if d_gh is d_gx else d_gh_2d.sum(0)
     d_params = {k: d_params[k].astype(v.dtype) for k, v in params.items()}
     d_xs = (d_gx_2d @ params["w_ih"].T).reshape(xs.shape).astype(xs.dtype)
-    return d_params, d_carry, d_xs, None
+    return d_params, d_xs
 
 
 _scan_cell.defvjp(_scan_cell_fwd, _scan_cell_bwd)

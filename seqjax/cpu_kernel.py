@@ -1,0 +1,290 @@
+"""Fused recurrent loops for XLA:CPU, as a drop-in for `seqjax.scan.scan_cell`.
+
+On CPU, a `lax.scan` step costs as much in XLA's per-step overhead (separate
+thunks for the matmul, the elementwise fusions and the writes into stacked
+outputs) as in arithmetic. `kernels/rnn_cpu.cc` runs a layer's whole time loop
+in one call of XLA's FFI: per step a register-blocked recurrent matmul fused with
+the cell's update, on every core. Everything else stays in XLA: the input
+projection before the loop, and every weight gradient as one large matmul after
+the backward loop (`seqjax.scan.input_and_weight_gradients`).
+
+The C++ source is compiled on first use with the system's C++ compiler (`$CXX`,
+else `c++`) against the FFI headers that ship with jaxlib, for the host CPU, and
+cached under `$SEQJAX_CACHE_DIR` (default `~/.cache/seqjax`). Without a compiler
+`available()` is False and layers fall back to `scan_cell`. The loops use all
+cores, or `$SEQJAX_CPU_THREADS`.
+
+Limits: float32 only; the built-in cells only (`Cell.kernel`); reverse-mode
+differentiation only (as `scan_cell`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax import scan as scan_lib
+from seqjax.cells import LSTMState
+
+Array = jax.Array
+
+KINDS = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2, "lstm": 3, "gru": 4}
+_SOURCE = pathlib.Path(__file__).parent / "kernels" / "rnn_cpu.cc"
+# -fno-trapping-math lets the exp's float-to-int step vectorise; nothing here reads
+# floating-point exception flags.
+_FLAGS = (
+    "-O3",
+    "-march=native",
+    "-std=c++17",
+    "-ffp-contract=fast",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fPIC",
+    "-shared",
+    "-pthread",
+)
+
+
+def _cpu_id() -> str:
+    """What -march=native compiles for: the machine and its CPU flags (Linux)."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+def _compile() -> pathlib.Path:
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        raise RuntimeError("no C++ compiler found (set $CXX)")
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                source,
+                " ".join(_FLAGS).encode(),
+                jax.__version__.encode(),
+                compiler.encode(),
+                _cpu_id().encode(),
+            ]
+        )
+    ).hexdigest()[:16]
+    cache = pathlib.Path(os.environ.get("SEQJAX_CACHE_DIR") or pathlib.Path.home() / ".cache" / "seqjax")
+    target = cache / f"rnn_cpu_{key}.so"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    # Built under a temporary name and renamed: concurrent processes (pytest -n)
+    # never load a half-written library.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        os.unlink(tmp)
+        raise RuntimeError(f"compiling {_SOURCE.name} failed:\n{result.stderr[-2000:]}")
+    os.replace(tmp, target)
+    return target
+
+
+@functools.cache
+def _load() -> str | None:
+    """Builds and registers the kernels once per process; the error text, or None."""
+    try:
+        library = ctypes.CDLL(str(_compile()))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        return str(e)
+    for name in ("SeqjaxRnnForward", "SeqjaxRnnBackward"):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
+    return None
+
+
+def available() -> bool:
+    """Whether the kernels are built (building them if needed) and registered."""
+    return _load() is None
+
+
+def unavailable_reason() -> str | None:
+    """Why `available()` is False (the compiler's message), or None."""
+    return _load()
+
+
+def supports(cell: Any, *arrays: Any) -> bool:
+    """Whether `scan_kernel` can run `cell` on these arrays (pytrees): a built-in
+    cell, and every leaf float32."""
+    leaves = jax.tree.leaves(arrays)
+    return cell.kernel in KINDS and all(jnp.result_type(x) == jnp.float32 for x in leaves)
+
+
+def _check_shapes(cell: Any, params: dict[str, Array], carry: Any, xs: Array) -> None:
+    """The C++ loops trust their shapes; every mismatch is caught here instead."""
+    if xs.ndim != 3:
+        raise ValueError(f"xs must be [time, batch, input_size]; got shape {xs.shape}")
+    _, b, d = xs.shape
+    h = cell.hidden_size
+    g_h = cell.num_gates * h
+    expected = {"w_ih": (d, g_h), "w_hh": (h, g_h), "b_ih": (g_h,), "b_hh": (g_h,)}
+    for name, shape in expected.items():
+        if (name in params or name.startswith("w")) and jnp.shape(params.get(name)) != shape:
+            raise ValueError(f"params[{name!r}] must have shape {shape}; got {jnp.shape(params.get(name))}")
+    for leaf in jax.tree.leaves(carry):
+        if jnp.shape(leaf) != (b, h):
+            raise ValueError(
+                f"carry leaves must have shape [batch, hidden]=({b}, {h}); got {jnp.shape(leaf)}"
+            )
+
+
+def _f32(*shape: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _split_carry(kind: str, carry: Any) -> tuple[Array, Array]:
+    if kind == "lstm":
+        return carry.h, carry.c
+    return carry, jnp.zeros((0,), jnp.float32)
+
+
+def _forward(cell, reverse, params, carry, xs, lengths, save):
+    kind = cell.kernel
+    h0, c0 = _split_carry(kind, carry)
+    t, b = xs.shape[:2]
+    h = h0.shape[-1]
+    chunks = -(-h // 16)
+    lstm, gated = kind == "lstm", kind in ("lstm", "gru")
+    zeros = jnp.zeros(params["w_hh"].shape[-1:], jnp.float32)
+    results = (
+        _f32(t, b, h),
+        _f32(b, h),
+        _f32(b, h) if lstm else _f32(0),
+        _f32(t, chunks, b, 4, 16) if save and gated else _f32(0),  # the kernel's own layout
+        _f32(t, chunks, b, 16) if save and lstm else _f32(0),
+    )
+    hs, h_n, c_n, acts, cs = jax.ffi.ffi_call("SeqjaxRnnForward", results, vmap_method="sequential")(
+        xs,
+        params["w_ih"],
+        params["w_hh"],
+        params.get("b_ih", zeros),
+        params.get("b_hh", zeros),
+        h0,
+        c0,
+        lengths,
+        kind=np.int64(KINDS[kind]),
+        reverse=reverse,
+        save=save,
+    )
+    return (LSTMState(h_n, c_n) if lstm else h_n), hs, (h0, c0, hs, acts, cs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _scan(cell, reverse, params, carry, xs, lengths):
+    final, hs, _ = _forward(cell, reverse, params, carry, xs, lengths, False)
+    return final, hs
+
+
+def _scan_fwd(cell, reverse, params, carry, xs, lengths):
+    final, hs, saved = _forward(cell, reverse, params, carry, xs, lengths, True)
+    return (final, hs), (params, xs, lengths, saved)
+
+
+def _scan_bwd(cell, reverse, residuals, cotangents):
+    params, xs, lengths, (h0, c0, hs, acts, cs) = residuals
+    d_final, d_hs = cotangents
+    kind = cell.kernel
+    d_hn, d_cn = _split_carry(kind, d_final)
+    t, b, h = hs.shape
+    g_h = params["w_hh"].shape[-1]
+    results = (
+        _f32(t, b, g_h),
+        _f32(t, b, g_h) if kind == "gru" else _f32(0),
+        _f32(b, h),
+        _f32(b, h) if kind == "lstm" else _f32(0),
+    )
+    d_gx, d_gh, d_h0, d_c0 = jax.ffi.ffi_call("SeqjaxRnnBackward", results, vmap_method="sequential")(
+        params["w_hh"],
+        h0,
+        c0,
+        lengths,
+        hs,
+        acts,
+        cs,
+        d_hs,
+        d_hn,
+        d_cn,
+        kind=np.int64(KINDS[kind]),
+        reverse=reverse,
+    )
+    if kind != "gru":  # the gate gradients are the same on both sides of the sum
+        d_gh = d_gx
+    # The state each step's matmul read: the neighbouring output, or h0 where a
+    # sequence starts (step 0 forward, its last valid step in reverse).
+    if reverse:
+        starts = (jnp.arange(t, dtype=jnp.int32)[:, None] + 1 >= lengths)[..., None]
+        h_prev = jnp.where(starts, h0, jnp.concatenate([hs[1:], h0[None]]))
+    else:
+        h_prev = jnp.concatenate([h0[None], hs[:-1]])
+    d_params, d_xs = scan_lib.input_and_weight_gradients(params, xs, h_prev, d_gx, d_gh)
+    d_carry = LSTMState(d_h0, d_c0) if kind == "lstm" else d_h0
+    return d_params, d_carry, d_xs, None
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def scan_kernel(
+    cell: Any,
+    params: dict[str, Array],
+    carry: Any,
+    xs: Array,
+    *,
+    lengths: Array | None = None,
+    reverse: bool = False,
+) -> tuple[Any, Array]:
+    """`seqjax.scan.scan_cell(cell, params, carry, xs, ...)` in one fused loop on CPU.
+
+    Same arguments, results and semantics as `scan_cell` (lengths, reverse,
+    reverse-mode gradients), for a float32 built-in cell (`supports`); values
+    agree with it to float32 rounding (the loop has its own exp and tanh).
+
+    Args:
+      cell: a `seqjax.cells.Cell` with `cell.kernel` set.
+      params: its float32 parameters.
+      carry: initial carry, leaves `[b, h]`.
+      xs: `[t, b, d]` float32 raw inputs.
+      lengths: optional `[b]` integers in `[0, t]` (see `seqjax.scan.scan`).
+      reverse: run each sequence from its last valid step to its first.
+
+    Returns:
+      `(final_carry, ys)`, ys: `[t, b, h]`.
+
+    Raises:
+      ValueError: the cell or dtype is not supported, or the kernels could not be
+        built (the message has the compiler's output).
+    """
+    if not supports(cell, params, carry, xs):
+        dtypes = sorted({jnp.result_type(x).name for x in jax.tree.leaves((params, carry, xs))})
+        raise ValueError(
+            f"scan_kernel runs the built-in cells ({', '.join(KINDS)}) on float32 params, carry and xs; "
+            f"got cell.kernel={cell.kernel!r} and dtypes {dtypes}"
+        )
+    _check_shapes(cell, params, carry, xs)
+    if not available():
+        raise ValueError(f"the CPU kernels are not available: {unavailable_reason()}")
+    lengths = scan_lib.check_lengths(lengths, xs.shape[1], xs.shape[0])
+    if lengths is None:
+        lengths = jnp.full(xs.shape[1:2], xs.shape[0], jnp.int32)
+    return _scan(cell, reverse, params, carry, xs, lengths)

@@ -1,0 +1,615 @@
+// Fused recurrent loops for XLA:CPU, called through XLA's FFI (see seqjax/cpu_kernel.py).
+//
+// XLA:CPU runs a lax.scan step as a sequence of separate thunks: the recurrent
+// matmul, a few elementwise fusions and the writes of each step's outputs into
+// stacked buffers; at the sizes of recurrent networks that per-step overhead
+// costs as much as the matmul itself. Here one call runs the whole time loop of
+// one layer and direction: per step one register-blocked matmul of [h, x_t]
+// against the recurrent and input weights (packed once per call), fused with the
+// cell's elementwise update, on all cores with one barrier per step. Projecting
+// the input inside the loop reads x_t ([b, d], cache-resident) instead of
+// streaming a [t, b, g*h] projection through memory.
+//
+// Work is split over threads by chunks of 16 hidden units. A thread computes all
+// gates of its units (forward) and the state gradient of its units (backward), so
+// it only ever waits for the other threads' half of h (forward) or of the gate
+// gradients (backward).
+//
+// Layouts (float32, row-major; t = time, b = batch, d = input, h = hidden,
+// g = gates in PyTorch's order, C = ceil(h / 16) chunks):
+//   xs [t, b, d], w_ih [d, g*h], w_hh [h, g*h], b_ih, b_hh [g*h], h0/c0 [b, h],
+//   lengths [b] int32; hs [t, b, h] outputs, zero past an example's length.
+//   Residuals for the backward pass, chunk-major so that each thread reads and
+//   writes them contiguously: acts [t, C, b, 4, 16] (LSTM: i, f, g, o after their
+//   nonlinearities; GRU: r, z, n and h @ w_hn + b_hn) and the LSTM's cell states
+//   cs [t, C, b, 16]. The RNN needs only its outputs.
+// The backward pass returns the gradients of the gate pre-activations, d_gx
+// [t, b, g*h] for the input side and d_gh for the recurrent side (they differ only
+// in the GRU's n gate); every weight gradient is then one large matmul in XLA.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#ifndef SEQJAX_NO_FFI  // a build without XLA, for C++ benchmarks of the loops
+#include "xla/ffi/api/ffi.h"
+namespace ffi = xla::ffi;
+#endif
+
+namespace {
+
+enum Kind : int64_t { kRnnTanh = 0, kRnnRelu = 1, kRnnIdentity = 2, kLstm = 3, kGru = 4 };
+
+constexpr int kChunk = 16;  // hidden units per work item; two 8-lane vectors
+constexpr int kRows = 6;    // batch rows per register tile: 6 x 16 accumulators
+constexpr int kSlots = 4;   // residual slots per unit (LSTM gates; GRU r, z, n, h_n)
+
+int NumGates(int64_t kind) { return kind == kLstm ? 4 : (kind == kGru ? 3 : 1); }
+
+// Accumulators per unit in the forward matmul: the GRU keeps the x and h parts of
+// its n gate apart (the reset gate multiplies only the h part).
+int NumProjections(int64_t kind) { return kind == kGru ? 4 : NumGates(kind); }
+
+// ---------------------------------------------------------------- math
+// Vectorisable float32 exp: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, with a degree-6
+// polynomial (relative error about 1e-7). Branch-free so that loops vectorise.
+inline float Exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float n = __builtin_floorf(x * 1.44269504f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
+
+// tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)); below |x| = 0.3 that cancels, so an odd
+// Taylor polynomial takes over (its error there is below float32 rounding).
+inline float Tanh(float x) {
+  const float a = std::fabs(x);
+  const float big = 1.0f - 2.0f / (Exp(2.0f * a) + 1.0f);
+  const float x2 = x * x;
+  const float small = a * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835)))));
+  const float y = a < 0.3f ? small : big;
+  return x < 0.0f ? -y : y;
+}
+
+// ---------------------------------------------------------------- matmul
+typedef float V8 __attribute__((vector_size(32)));
+typedef float V8u __attribute__((vector_size(32), aligned(4)));
+
+// out[r, 0:16] = a[r, 0:ka] @ panel[0:ka] + x[r, 0:kx] @ panel[ka:ka+kx] for R rows;
+// panel is [ka + kx, 16], contiguous.
+template <int R>
+inline void Tile(const float* __restrict a, int64_t lda, int64_t ka, const float* __restrict x, int64_t ldx,
+                 int64_t kx, const float* __restrict panel, float* __restrict out, int64_t ldo) {
+  V8 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V8{};
+  for (int64_t k = 0; k < ka; ++k) {
+    const V8 w0 = *reinterpret_cast<const V8u*>(panel + k * kChunk);
+    const V8 w1 = *reinterpret_cast<const V8u*>(panel + k * kChunk + 8);
+    for (int r = 0; r < R; ++r) {
+      const float v = a[r * lda + k];
+      acc[r][0] += v * w0;
+      acc[r][1] += v * w1;
+    }
+  }
+  panel += ka * kChunk;
+  for (int64_t k = 0; k < kx; ++k) {
+    const V8 w0 = *reinterpret_cast<const V8u*>(panel + k * kChunk);
+    const V8 w1 = *reinterpret_cast<const V8u*>(panel + k * kChunk + 8);
+    for (int r = 0; r < R; ++r) {
+      const float v = x[r * ldx + k];
+      acc[r][0] += v * w0;
+      acc[r][1] += v * w1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    *reinterpret_cast<V8u*>(out + r * ldo) = acc[r][0];
+    *reinterpret_cast<V8u*>(out + r * ldo + 8) = acc[r][1];
+  }
+}
+
+// Tile for rows <= kRows rows.
+inline void TileRows(int rows, const float* a, int64_t lda, int64_t ka, const float* x, int64_t ldx, int64_t kx,
+                     const float* panel, float* out, int64_t ldo) {
+  switch (rows) {
+    case 6: return Tile<6>(a, lda, ka, x, ldx, kx, panel, out, ldo);
+    case 5: return Tile<5>(a, lda, ka, x, ldx, kx, panel, out, ldo);
+    case 4: return Tile<4>(a, lda, ka, x, ldx, kx, panel, out, ldo);
+    case 3: return Tile<3>(a, lda, ka, x, ldx, kx, panel, out, ldo);
+    case 2: return Tile<2>(a, lda, ka, x, ldx, kx, panel, out, ldo);
+    default: return Tile<1>(a, lda, ka, x, ldx, kx, panel, out, ldo);
+  }
+}
+
+// The backward loop reads [t, b, *] rows 16 units at a time: a stride that the
+// hardware prefetcher misses. It fetches a few rows ahead, in its own order.
+inline void Prefetch(const float* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i);
+}
+
+// ---------------------------------------------------------------- threads
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  // Every thread counts its own waits; the barrier never resets, so a fast thread
+  // cannot overtake a slow one. Spins briefly, then yields: on a machine with more
+  // threads than cores a pure spin would starve the thread it waits for.
+  void Wait(int64_t& waits) {
+    ++waits;
+    arrived_.fetch_add(1, std::memory_order_acq_rel);
+    for (int spin = 0; arrived_.load(std::memory_order_acquire) < n_ * waits; ++spin) {
+      if (spin > 2000) std::this_thread::yield();
+    }
+  }
+
+ private:
+  const int n_;
+  std::atomic<int64_t> arrived_{0};
+};
+
+int NumThreads(int64_t chunks) {
+  int n = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("SEQJAX_CPU_THREADS")) n = std::atoi(env);
+  return static_cast<int>(std::clamp<int64_t>(n, 1, chunks));
+}
+
+// Runs fn(thread, num_threads, barrier) on num_threads threads, the caller's included.
+template <typename Fn>
+void Parallel(int num_threads, Fn fn) {
+  Barrier barrier(num_threads);
+  std::vector<std::thread> threads;
+  for (int i = 1; i < num_threads; ++i) threads.emplace_back([&, i] { fn(i, barrier); });
+  fn(0, barrier);
+  for (auto& thread : threads) thread.join();
+}
+
+// ---------------------------------------------------------------- packing
+struct Shape {
+  int64_t t, b, d, h;
+  int64_t kind;
+  int64_t g() const { return NumGates(kind); }
+  int64_t gh() const { return g() * h; }
+  int64_t chunks() const { return (h + kChunk - 1) / kChunk; }
+  int64_t k() const { return h + d; }  // rows of a forward panel: h, then x
+};
+
+// Forward panels: for chunk c and gate j, a [h + d, 16] panel of w_hh[:, j*h + 16c : +16]
+// over w_ih[:, j*h + 16c : +16], zero past h; panel (c, j) starts at (c*g + j)*(h + d)*16.
+std::vector<float> PackForward(const float* w_ih, const float* w_hh, const Shape& s) {
+  std::vector<float> packed(s.chunks() * s.g() * s.k() * kChunk, 0.0f);
+  for (int64_t c = 0; c < s.chunks(); ++c)
+    for (int64_t j = 0; j < s.g(); ++j) {
+      float* panel = packed.data() + (c * s.g() + j) * s.k() * kChunk;
+      for (int64_t u = 0; u < kChunk && c * kChunk + u < s.h; ++u) {
+        const int64_t col = j * s.h + c * kChunk + u;
+        for (int64_t k = 0; k < s.h; ++k) panel[k * kChunk + u] = w_hh[k * s.gh() + col];
+        for (int64_t k = 0; k < s.d; ++k) panel[(s.h + k) * kChunk + u] = w_ih[k * s.gh() + col];
+      }
+    }
+  return packed;
+}
+
+// Biases in the order of the forward accumulators, [C, projections, 16]: b_ih + b_hh
+// per gate, except the GRU's n gate, whose h part (slot 2) takes b_hn and x part
+// (slot 3) b_in.
+std::vector<float> PackBias(const float* b_ih, const float* b_hh, const Shape& s) {
+  const int64_t slots = NumProjections(s.kind);
+  std::vector<float> packed(s.chunks() * slots * kChunk, 0.0f);
+  for (int64_t c = 0; c < s.chunks(); ++c)
+    for (int64_t u = 0; u < kChunk && c * kChunk + u < s.h; ++u)
+      for (int64_t q = 0; q < slots; ++q) {
+        const bool gru_n = s.kind == kGru && q >= 2;
+        const int64_t col = (gru_n ? 2 : q) * s.h + c * kChunk + u;
+        packed[(c * slots + q) * kChunk + u] = gru_n ? (q == 2 ? b_hh[col] : b_ih[col]) : b_ih[col] + b_hh[col];
+      }
+  return packed;
+}
+
+// Backward panels: for chunk c, a [g*h, 16] panel of w_hh[16c : +16, :] transposed.
+std::vector<float> PackBackward(const float* w_hh, const Shape& s) {
+  std::vector<float> packed(s.chunks() * s.gh() * kChunk, 0.0f);
+  for (int64_t c = 0; c < s.chunks(); ++c) {
+    float* panel = packed.data() + c * s.gh() * kChunk;
+    for (int64_t u = 0; u < kChunk && c * kChunk + u < s.h; ++u)
+      for (int64_t k = 0; k < s.gh(); ++k) panel[k * kChunk + u] = w_hh[(c * kChunk + u) * s.gh() + k];
+  }
+  return packed;
+}
+
+// Time index of loop step `step`.
+inline int64_t TimeAt(int64_t step, int64_t t, bool reverse) { return reverse ? t - 1 - step : step; }
+
+// The position `ahead` rows after (step, chunk, row) in a thread's walk over its
+// chunks [c_begin, c_end); false past the last step.
+inline bool Ahead(int64_t& step, int64_t& chunk, int64_t& row, int64_t ahead, const Shape& s, int64_t c_begin,
+                  int64_t c_end) {
+  row += ahead;
+  while (row >= s.b) {
+    row -= s.b;
+    if (++chunk == c_end) {
+      chunk = c_begin;
+      if (++step == s.t) return false;
+    }
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- cell updates
+// One row of one chunk: n <= 16 units. N = 16 gives loops of known length that
+// compile to straight vector code; N = 0 is the general (last, partial) chunk.
+// p: the row's accumulators [projections, 16]; bias: the chunk's, alike;
+// act, c_save: the row's residuals ([4, 16], [16]) or null.
+#define SEQJAX_UNITS for (int64_t u = 0; u < (N ? N : n); ++u)
+
+template <int N>
+inline void LstmForward(int64_t n, const float* __restrict p, const float* __restrict bias, float* __restrict c,
+                        float* __restrict h_next, float* __restrict y, float* __restrict act,
+                        float* __restrict c_save) {
+  float i[kChunk], f[kChunk], g[kChunk], o[kChunk], hv[kChunk];
+  SEQJAX_UNITS i[u] = Sigmoid(p[u] + bias[u]);
+  SEQJAX_UNITS f[u] = Sigmoid(p[kChunk + u] + bias[kChunk + u]);
+  SEQJAX_UNITS g[u] = Tanh(p[2 * kChunk + u] + bias[2 * kChunk + u]);
+  SEQJAX_UNITS o[u] = Sigmoid(p[3 * kChunk + u] + bias[3 * kChunk + u]);
+  SEQJAX_UNITS c[u] = f[u] * c[u] + i[u] * g[u];
+  SEQJAX_UNITS hv[u] = o[u] * Tanh(c[u]);
+  SEQJAX_UNITS h_next[u] = hv[u];
+  SEQJAX_UNITS y[u] = hv[u];
+  if (act) {
+    SEQJAX_UNITS act[u] = i[u];
+    SEQJAX_UNITS act[kChunk + u] = f[u];
+    SEQJAX_UNITS act[2 * kChunk + u] = g[u];
+    SEQJAX_UNITS act[3 * kChunk + u] = o[u];
+    SEQJAX_UNITS c_save[u] = c[u];
+  }
+}
+
+template <int N>
+inline void GruForward(int64_t n, const float* __restrict p, const float* __restrict bias,
+                       const float* __restrict h_prev, float* __restrict h_next, float* __restrict y,
+                       float* __restrict act) {
+  float r[kChunk], z[kChunk], hn[kChunk], nn[kChunk], hv[kChunk];
+  SEQJAX_UNITS r[u] = Sigmoid(p[u] + bias[u]);
+  SEQJAX_UNITS z[u] = Sigmoid(p[kChunk + u] + bias[kChunk + u]);
+  SEQJAX_UNITS hn[u] = p[2 * kChunk + u] + bias[2 * kChunk + u];
+  SEQJAX_UNITS nn[u] = Tanh(p[3 * kChunk + u] + bias[3 * kChunk + u] + r[u] * hn[u]);
+  SEQJAX_UNITS hv[u] = (1.0f - z[u]) * nn[u] + z[u] * h_prev[u];
+  SEQJAX_UNITS h_next[u] = hv[u];
+  SEQJAX_UNITS y[u] = hv[u];
+  if (act) {
+    SEQJAX_UNITS act[u] = r[u];
+    SEQJAX_UNITS act[kChunk + u] = z[u];
+    SEQJAX_UNITS act[2 * kChunk + u] = nn[u];
+    SEQJAX_UNITS act[3 * kChunk + u] = hn[u];
+  }
+}
+
+template <int N>
+inline void RnnForward(int64_t n, int64_t kind, const float* __restrict p, const float* __restrict bias,
+                       float* __restrict h_next, float* __restrict y) {
+  float hv[kChunk];
+  SEQJAX_UNITS hv[u] = p[u] + bias[u];
+  if (kind == kRnnTanh) {
+    SEQJAX_UNITS hv[u] = Tanh(hv[u]);
+  } else if (kind == kRnnRelu) {
+    SEQJAX_UNITS hv[u] = hv[u] > 0.0f ? hv[u] : 0.0f;
+  }
+  SEQJAX_UNITS h_next[u] = hv[u];
+  SEQJAX_UNITS y[u] = hv[u];
+}
+
+// Backward of one row of one chunk. dh: the gradient of h after the step, from
+// the later steps (the output's gradient dy is added here). Writes the gate
+// pre-activation gradients into d_gx (and d_gh, GRU), gates h apart, and
+// `direct`, the part of the previous h's gradient that bypasses w_hh.
+template <int N>
+inline void LstmBackward(int64_t n, int64_t h, const float* __restrict a, const float* __restrict c,
+                         const float* __restrict c_prev, const float* __restrict dh, const float* __restrict dy,
+                         float* __restrict dc, float* __restrict d_gx, float* __restrict direct) {
+  const float *i = a, *f = a + kChunk, *g = a + 2 * kChunk, *o = a + 3 * kChunk;
+  float d[kChunk], tc[kChunk], dcell[kChunk];
+  SEQJAX_UNITS d[u] = dh[u] + dy[u];
+  SEQJAX_UNITS tc[u] = Tanh(c[u]);
+  SEQJAX_UNITS dcell[u] = dc[u] + d[u] * o[u] * (1.0f - tc[u] * tc[u]);
+  SEQJAX_UNITS d_gx[u] = dcell[u] * g[u] * i[u] * (1.0f - i[u]);
+  SEQJAX_UNITS d_gx[h + u] = dcell[u] * c_prev[u] * f[u] * (1.0f - f[u]);
+  SEQJAX_UNITS d_gx[2 * h + u] = dcell[u] * i[u] * (1.0f - g[u] * g[u]);
+  SEQJAX_UNITS d_gx[3 * h + u] = d[u] * tc[u] * o[u] * (1.0f - o[u]);
+  SEQJAX_UNITS dc[u] = dcell[u] * f[u];
+  SEQJAX_UNITS direct[u] = 0.0f;
+}
+
+template <int N>
+inline void GruBackward(int64_t n, int64_t h, const float* __restrict a, const float* __restrict h_prev,
+                        const float* __restrict dh, const float* __restrict dy, float* __restrict d_gx,
+                        float* __restrict d_gh, float* __restrict direct) {
+  const float *r = a, *z = a + kChunk, *nn = a + 2 * kChunk, *hn = a + 3 * kChunk;
+  float d[kChunk], dn[kChunk], dr[kChunk], dz[kChunk];
+  SEQJAX_UNITS d[u] = dh[u] + dy[u];
+  SEQJAX_UNITS dn[u] = d[u] * (1.0f - z[u]) * (1.0f - nn[u] * nn[u]);
+  SEQJAX_UNITS dr[u] = dn[u] * hn[u] * r[u] * (1.0f - r[u]);
+  SEQJAX_UNITS dz[u] = d[u] * (h_prev[u] - nn[u]) * z[u] * (1.0f - z[u]);
+  SEQJAX_UNITS d_gx[u] = dr[u];
+  SEQJAX_UNITS d_gh[u] = dr[u];
+  SEQJAX_UNITS d_gx[h + u] = dz[u];
+  SEQJAX_UNITS d_gh[h + u] = dz[u];
+  SEQJAX_UNITS d_gx[2 * h + u] = dn[u];
+  SEQJAX_UNITS d_gh[2 * h + u] = dn[u] * r[u];
+  SEQJAX_UNITS direct[u] = d[u] * z[u];
+}
+
+template <int N>
+inline void RnnBackward(int64_t n, int64_t kind, const float* __restrict y, const float* __restrict dh,
+                        const float* __restrict dy, float* __restrict d_gx, float* __restrict direct) {
+  if (kind == kRnnTanh) {
+    SEQJAX_UNITS d_gx[u] = (dh[u] + dy[u]) * (1.0f - y[u] * y[u]);
+  } else if (kind == kRnnRelu) {
+    SEQJAX_UNITS d_gx[u] = y[u] > 0.0f ? dh[u] + dy[u] : 0.0f;
+  } else {
+    SEQJAX_UNITS d_gx[u] = dh[u] + dy[u];
+  }
+  SEQJAX_UNITS direct[u] = 0.0f;
+}
+#undef SEQJAX_UNITS
+
+// Calls F<16> for a full chunk, else F<0>.
+#define SEQJAX_DISPATCH(F, n, ...) ((n) == kChunk ? F<kChunk>(n, __VA_ARGS__) : F<0>(n, __VA_ARGS__))
+
+// ---------------------------------------------------------------- forward
+struct ForwardArgs {
+  const float *xs, *w_ih, *w_hh, *b_ih, *b_hh, *h0, *c0;
+  const int32_t* lengths;
+  float *hs, *h_n, *c_n, *acts, *cs;  // acts (LSTM, GRU) and cs (LSTM) only when saving
+};
+
+void RunForward(const Shape& s, bool reverse, bool save, const ForwardArgs& args) {
+  const bool lstm = s.kind == kLstm, gru = s.kind == kGru;
+  const int64_t slots = NumProjections(s.kind);
+  const std::vector<float> packed = PackForward(args.w_ih, args.w_hh, s);
+  const std::vector<float> bias = PackBias(args.b_ih, args.b_hh, s);
+  // h is double-buffered: step n reads h[n % 2] and writes h[(n + 1) % 2]. The LSTM's
+  // c is read and written only by the thread owning its units.
+  std::vector<float> h(2 * s.b * s.h);
+  std::copy_n(args.h0, s.b * s.h, h.data());
+  std::vector<float> c(s.b * s.h);
+  if (lstm) std::copy_n(args.c0, s.b * s.h, c.data());
+  const int num_threads = NumThreads(s.chunks());
+
+  Parallel(num_threads, [&](int thread, Barrier& barrier) {
+    const int64_t c_begin = s.chunks() * thread / num_threads, c_end = s.chunks() * (thread + 1) / num_threads;
+    std::vector<float> tile(kRows * slots * kChunk);  // [rows, slots, 16]
+    int64_t waits = 0;
+    for (int64_t step = 0; step < s.t; ++step) {
+      const int64_t t = TimeAt(step, s.t, reverse);
+      const float* x_t = args.xs + t * s.b * s.d;
+      const float* h_prev = h.data() + (step % 2) * s.b * s.h;
+      float* h_next = h.data() + ((step + 1) % 2) * s.b * s.h;
+      for (int64_t ch = c_begin; ch < c_end; ++ch) {
+        const int64_t u0 = ch * kChunk, nu = std::min<int64_t>(kChunk, s.h - u0);
+        const float* panels = packed.data() + ch * s.g() * s.k() * kChunk;
+        for (int64_t row = 0; row < s.b; row += kRows) {
+          const int rows = static_cast<int>(std::min<int64_t>(kRows, s.b - row));
+          const float *a = h_prev + row * s.h, *x = x_t + row * s.d;
+          for (int64_t j = 0; j < s.g(); ++j) {
+            const float* panel = panels + j * s.k() * kChunk;
+            if (gru && j == 2) {  // n: the h part, then the x part, apart
+              TileRows(rows, a, s.h, s.h, x, s.d, 0, panel, tile.data() + 2 * kChunk, slots * kChunk);
+              TileRows(rows, a, s.h, 0, x, s.d, s.d, panel + s.h * kChunk, tile.data() + 3 * kChunk, slots * kChunk);
+            } else {
+              TileRows(rows, a, s.h, s.h, x, s.d, s.d, panel, tile.data() + j * kChunk, slots * kChunk);
+            }
+          }
+          for (int r = 0; r < rows; ++r) {
+            const int64_t bi = row + r;
+            const float* hp = h_prev + bi * s.h + u0;
+            float* hn = h_next + bi * s.h + u0;
+            float* y = args.hs + (t * s.b + bi) * s.h + u0;
+            if (t >= args.lengths[bi]) {  // padding: the carry stays, the output is zero
+              std::copy_n(hp, nu, hn);
+              std::fill_n(y, nu, 0.0f);
+              continue;
+            }
+            const float* p = tile.data() + r * slots * kChunk;
+            const float* b = bias.data() + ch * slots * kChunk;
+            const int64_t res = (t * s.chunks() + ch) * s.b + bi;
+            float* act = save && (lstm || gru) ? args.acts + res * kSlots * kChunk : nullptr;
+            if (lstm) {
+              SEQJAX_DISPATCH(LstmForward, nu, p, b, c.data() + bi * s.h + u0, hn, y, act,
+                              save ? args.cs + res * kChunk : nullptr);
+            } else if (gru) {
+              SEQJAX_DISPATCH(GruForward, nu, p, b, hp, hn, y, act);
+            } else {
+              SEQJAX_DISPATCH(RnnForward, nu, s.kind, p, b, hn, y);
+            }
+          }
+        }
+      }
+      barrier.Wait(waits);
+    }
+  });
+  std::copy_n(h.data() + (s.t % 2) * s.b * s.h, s.b * s.h, args.h_n);
+  if (lstm) std::copy_n(c.data(), s.b * s.h, args.c_n);
+}
+
+// ---------------------------------------------------------------- backward
+struct BackwardArgs {
+  const float *w_hh, *h0, *c0;
+  const int32_t* lengths;
+  const float *hs, *acts, *cs, *d_hs, *d_hn, *d_cn;
+  float *d_gx, *d_gh, *d_h0, *d_c0;  // d_gh only for the GRU, d_c0 only for the LSTM
+};
+
+void RunBackward(const Shape& s, bool reverse, const BackwardArgs& args) {
+  const bool lstm = s.kind == kLstm, gru = s.kind == kGru;
+  const std::vector<float> packed = PackBackward(args.w_hh, s);
+  // The matmul reads the recurrent-side gradient: the GRU's own buffer, else d_gx.
+  float* d_gh = gru ? args.d_gh : args.d_gx;
+  // dh: gradient of h after the current step; direct: the part of the previous
+  // h's gradient that bypasses w_hh. A thread reads and writes only its units of
+  // both, and of dc.
+  std::vector<float> dh(args.d_hn, args.d_hn + s.b * s.h);
+  std::vector<float> dc(s.b * s.h, 0.0f);
+  if (lstm) std::copy_n(args.d_cn, s.b * s.h, dc.data());
+  std::vector<float> direct(s.b * s.h);
+  const int num_threads = NumThreads(s.chunks());
+
+  Parallel(num_threads, [&](int thread, Barrier& barrier) {
+    const int64_t c_begin = s.chunks() * thread / num_threads, c_end = s.chunks() * (thread + 1) / num_threads;
+    std::vector<float> tile(kRows * kChunk);
+    int64_t waits = 0;
+    for (int64_t step = 0; step < s.t; ++step) {
+      const int64_t t = TimeAt(s.t - 1 - step, s.t, reverse);  // the forward's steps, last first
+      const int64_t t_prev = reverse ? t + 1 : t - 1;          // the step that produced the carry
+      // 1. Elementwise: gate pre-activation gradients of this thread's units.
+      for (int64_t ch = c_begin; ch < c_end; ++ch) {
+        const int64_t u0 = ch * kChunk, nu = std::min<int64_t>(kChunk, s.h - u0);
+        for (int64_t bi = 0; bi < s.b; ++bi) {
+          int64_t a_step = step, a_chunk = ch, a_row = bi;
+          if (Ahead(a_step, a_chunk, a_row, 4, s, c_begin, c_end)) {
+            const int64_t at = TimeAt(s.t - 1 - a_step, s.t, reverse) * s.b + a_row, a_u0 = a_chunk * kChunk;
+            Prefetch(args.d_hs + at * s.h + a_u0, nu);
+            Prefetch(args.hs + at * s.h + a_u0, nu);
+            for (int64_t j = 0; j < s.g(); ++j) __builtin_prefetch(args.d_gx + at * s.gh() + j * s.h + a_u0, 1);
+          }
+          const int64_t row = t * s.b + bi;
+          float* gx = args.d_gx + row * s.gh() + u0;
+          float* gh = d_gh + row * s.gh() + u0;
+          float* dh_ = dh.data() + bi * s.h + u0;
+          float* dir = direct.data() + bi * s.h + u0;
+          if (t >= args.lengths[bi]) {  // padding passes the carry's gradient through
+            for (int64_t j = 0; j < s.g(); ++j) {
+              std::fill_n(gx + j * s.h, nu, 0.0f);
+              if (gru) std::fill_n(gh + j * s.h, nu, 0.0f);
+            }
+            std::copy_n(dh_, nu, dir);
+            continue;
+          }
+          // The carry entering step t: the previous step's, or the initial state.
+          const bool from_init = reverse ? t_prev >= args.lengths[bi] : t_prev < 0;
+          const float* dy = args.d_hs + row * s.h + u0;
+          const int64_t res = (t * s.chunks() + ch) * s.b + bi, res_prev = (t_prev * s.chunks() + ch) * s.b + bi;
+          if (lstm) {
+            const float* cp = from_init ? args.c0 + bi * s.h + u0 : args.cs + res_prev * kChunk;
+            SEQJAX_DISPATCH(LstmBackward, nu, s.h, args.acts + res * kSlots * kChunk, args.cs + res * kChunk, cp,
+                            dh_, dy, dc.data() + bi * s.h + u0, gx, dir);
+          } else if (gru) {
+            const float* hp = from_init ? args.h0 + bi * s.h + u0 : args.hs + (t_prev * s.b + bi) * s.h + u0;
+            SEQJAX_DISPATCH(GruBackward, nu, s.h, args.acts + res * kSlots * kChunk, hp, dh_, dy, gx, gh, dir);
+          } else {
+            SEQJAX_DISPATCH(RnnBackward, nu, s.kind, args.hs + row * s.h + u0, dh_, dy, gx, dir);
+          }
+        }
+      }
+      barrier.Wait(waits);
+      // 2. dh for this thread's units = d_gh[t] @ w_hh^T + direct. No second barrier:
+      // the next step writes d_gh[t_prev], and reads only this thread's units.
+      const float* a = d_gh + t * s.b * s.gh();
+      for (int64_t ch = c_begin; ch < c_end; ++ch) {
+        const int64_t u0 = ch * kChunk, nu = std::min<int64_t>(kChunk, s.h - u0);
+        for (int64_t row = 0; row < s.b; row += kRows) {
+          const int rows = static_cast<int>(std::min<int64_t>(kRows, s.b - row));
+          TileRows(rows, a + row * s.gh(), s.gh(), s.gh(), a, 0, 0, packed.data() + ch * s.gh() * kChunk,
+                   tile.data(), kChunk);
+          for (int r = 0; r < rows; ++r) {
+            float* dh_ = dh.data() + (row + r) * s.h + u0;
+            const float* dir = direct.data() + (row + r) * s.h + u0;
+            const float* p = tile.data() + r * kChunk;
+            for (int64_t u = 0; u < nu; ++u) dh_[u] = p[u] + dir[u];
+          }
+        }
+      }
+    }
+  });
+  std::copy_n(dh.data(), s.b * s.h, args.d_h0);
+  if (lstm) std::copy_n(dc.data(), s.b * s.h, args.d_c0);
+}
+
+// ---------------------------------------------------------------- FFI
+#ifndef SEQJAX_NO_FFI
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error Forward(F32 xs, F32 w_ih, F32 w_hh, F32 b_ih, F32 b_hh, F32 h0, F32 c0, ffi::Buffer<ffi::S32> lengths,
+                   F32Out hs, F32Out h_n, F32Out c_n, F32Out acts, F32Out cs, int64_t kind, bool reverse,
+                   bool save) {
+  if (kind < kRnnTanh || kind > kGru) return ffi::Error::InvalidArgument("unknown cell kind");
+  const auto x_dims = xs.dimensions(), h_dims = h0.dimensions();
+  if (x_dims.size() != 3 || h_dims.size() != 2) return ffi::Error::InvalidArgument("xs must be [t, b, d], h0 [b, h]");
+  RunForward({x_dims[0], x_dims[1], x_dims[2], h_dims[1], kind}, reverse, save,
+             {xs.typed_data(), w_ih.typed_data(), w_hh.typed_data(), b_ih.typed_data(), b_hh.typed_data(),
+              h0.typed_data(), c0.typed_data(), lengths.typed_data(), hs->typed_data(), h_n->typed_data(),
+              c_n->typed_data(), acts->typed_data(), cs->typed_data()});
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(F32 w_hh, F32 h0, F32 c0, ffi::Buffer<ffi::S32> lengths, F32 hs, F32 acts, F32 cs, F32 d_hs,
+                    F32 d_hn, F32 d_cn, F32Out d_gx, F32Out d_gh, F32Out d_h0, F32Out d_c0, int64_t kind,
+                    bool reverse) {
+  if (kind < kRnnTanh || kind > kGru) return ffi::Error::InvalidArgument("unknown cell kind");
+  const auto dims = hs.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("hs must be [t, b, h]");
+  RunBackward({dims[0], dims[1], 0, dims[2], kind}, reverse,
+              {w_hh.typed_data(), h0.typed_data(), c0.typed_data(), lengths.typed_data(), hs.typed_data(),
+               acts.typed_data(), cs.typed_data(), d_hs.typed_data(), d_hn.typed_data(), d_cn.typed_data(),
+               d_gx->typed_data(), d_gh->typed_data(), d_h0->typed_data(), d_c0->typed_data()});
+  return ffi::Error::Success();
+}
+#endif
+
+}  // namespace
+
+#ifndef SEQJAX_NO_FFI
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // xs
+                                  .Arg<F32>()  // w_ih
+                                  .Arg<F32>()  // w_hh
+                                  .Arg<F32>()  // b_ih
+                                  .Arg<F32>()  // b_hh
+                                  .Arg<F32>()  // h0
+                                  .Arg<F32>()  // c0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Ret<F32>()  // hs
+                                  .Ret<F32>()  // h_n
+                                  .Ret<F32>()  // c_n
+                                  .Ret<F32>()  // acts
+                                  .Ret<F32>()  // cs
+                                  .Attr<int64_t>("kind")
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("save"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // w_hh
+                                  .Arg<F32>()  // h0
+                                  .Arg<F32>()  // c0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Arg<F32>()  // hs
+                                  .Arg<F32>()  // acts
+                                  .Arg<F32>()  // cs
+                                  .Arg<F32>()  // d_hs
+                                  .Arg<F32>()  // d_hn
+                                  .Arg<F32>()  // d_cn
+                                  .Ret<F32>()  // d_gx
+                                  .Ret<F32>()  // d_gh
+                                  .Ret<F32>()  // d_h0
+                                  .Ret<F32>()  // d_c0
+                                  .Attr<int64_t>("kind")
+                                  .Attr<bool>("reverse"));
+#endif
