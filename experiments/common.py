@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import os
 import pathlib
 import time
 from collections.abc import Callable, Sequence
@@ -236,6 +237,10 @@ def _mesh(settings: Settings) -> Mesh | None:
     """Every device of the job, runs split over `run_devices` of them; None on one device."""
     if jax.device_count() == 1 and settings.run_devices == 1:
         return None
+    if jax.default_backend() == "cpu":
+        # The fused CPU kernel is not partitioned (seqjax.cpu_kernel.enabled); the
+        # scan is, so each device trains its own share.
+        os.environ["SEQJAX_CPU_KERNEL"] = "0"
     return distributed.make_mesh(settings.run_devices)
 
 

@@ -39,7 +39,9 @@ from seqjax.transformer import Transformer
 flags.DEFINE_integer("length", 100, "Sequence length T; the loss reads the last step.")
 flags.DEFINE_float("scale", 3.0, "Factor on the recurrent weights of the 'scaled' initialisation.")
 flags.DEFINE_integer("clip_steps", 300, "Steps of the clipping comparison (a multiple of 10).")
+flags.DEFINE_list("inits", ["default", "orthogonal", "scaled"], "Initialisations to profile.")
 FLAGS = flags.FLAGS
+INITS = ("default", "orthogonal", "scaled")
 
 INPUT_SIZE = 8
 CELLS = {
@@ -138,12 +140,14 @@ def main(argv):
         raise app.UsageError("--length must be >= 2 and --hidden_size a positive multiple of 4")
     if FLAGS.clip_steps < 10 or FLAGS.clip_steps % 10:
         raise app.UsageError(f"--clip_steps must be a positive multiple of 10; got {FLAGS.clip_steps}")
+    if not FLAGS.inits or set(FLAGS.inits) - set(INITS):
+        raise app.UsageError(f"--inits must be a non-empty subset of {','.join(INITS)}; got {FLAGS.inits}")
     logging.set_verbosity(logging.INFO)
     workdir = pathlib.Path(FLAGS.workdir or "runs/gradient_flow")
     workdir.mkdir(parents=True, exist_ok=True)
     args = (FLAGS.length, FLAGS.hidden_size, FLAGS.batch_size, FLAGS.scale)
     rows = []
-    for init in ("default", "orthogonal", "scaled"):
+    for init in FLAGS.inits:
         for name in CELLS:
             rows.append({"model": name, "init": init, **measure_cell(name, init, *args)})
             logging.info("measured %s / %s", name, init)
@@ -202,8 +206,9 @@ def plot_profiles(workdir: pathlib.Path, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    inits = ("default", "orthogonal", "scaled")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    inits = [i for i in INITS if any(r["init"] == i for r in rows)]
+    fig, axes = plt.subplots(1, len(inits), figsize=(5 * len(inits), 4), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, init in zip(axes, inits, strict=True):
         for i, row in enumerate(r for r in rows if r["init"] == init):
             profile = np.asarray(row["profile"])

@@ -11,8 +11,9 @@ the backward loop (`seqjax.scan.input_and_weight_gradients`).
 The C++ source is compiled on first use with the system's C++ compiler (`$CXX`,
 else `c++`) against the FFI headers that ship with jaxlib, for the host CPU, and
 cached under `$SEQJAX_CACHE_DIR` (default `~/.cache/seqjax`). Without a compiler
-`available()` is False and layers fall back to `scan_cell`. The loops use all
-cores, or `$SEQJAX_CPU_THREADS`.
+`available()` is False and layers fall back to `scan_cell`; `$SEQJAX_CPU_KERNEL=0`
+switches the kernel off (see `enabled`). The loops use all cores, or
+`$SEQJAX_CPU_THREADS`.
 
 Limits: float32 only; the built-in cells only (`Cell.kernel`); reverse-mode
 differentiation only (as `scan_cell`).
@@ -112,6 +113,17 @@ def _load() -> str | None:
     for name in ("SeqjaxRnnForward", "SeqjaxRnnBackward"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
     return None
+
+
+def enabled() -> bool:
+    """False when `$SEQJAX_CPU_KERNEL` is "0": layers then default to `scan_cell`
+    (read when a layer is traced, so set it before the first call).
+
+    The kernel's custom call has no partitioning rule: on a mesh of several CPU
+    devices XLA gathers its batch and every device runs the whole loop (correct,
+    but no faster than one device), so `experiments` switch it off there.
+    """
+    return os.environ.get("SEQJAX_CPU_KERNEL", "1") != "0"
 
 
 def available() -> bool:

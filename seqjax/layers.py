@@ -171,6 +171,7 @@ class _Recurrent:
             use_kernel = (
                 on_cpu
                 and custom_backward
+                and cpu_kernel.enabled()
                 and cpu_kernel.supports(self.cell, params, carries, xs)
                 and cpu_kernel.available()
             )
@@ -244,8 +245,8 @@ class RNN(_Recurrent):
     picks the hand-written pass on CPU and JAX's elsewhere; cpu_kernel: run each
     layer and direction as one call of `seqjax.cpu_kernel`'s fused loop (CPU,
     float32; reverse mode only), or not; None uses it on CPU whenever it applies
-    (and custom_backward is not False) and it could be built, which is what
-    experiments/throughput.py measured fastest.
+    (and custom_backward is not False, and `$SEQJAX_CPU_KERNEL` is not "0") and
+    it could be built, which is what experiments/throughput.py measured fastest.
 
     >>> layer = RNN(input_size=4, hidden_size=8, num_layers=2, batch_first=True)
     >>> params = layer.init(jax.random.key(0))

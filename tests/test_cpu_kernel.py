@@ -123,6 +123,20 @@ def test_vmap_equals_each_problem_alone():
             np.testing.assert_allclose(a, b[i], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler")
+def test_layers_default_to_the_kernel_unless_switched_off(monkeypatch):
+    def calls_kernel(layer):
+        jaxpr = jax.make_jaxpr(lambda p: layer.apply(p, jnp.ones((4, 2, 3))))(layer.init(jax.random.key(0)))
+        return "SeqjaxRnnForward" in str(jaxpr)
+
+    # Distinct layers: the environment is read when a layer is traced.
+    assert calls_kernel(layers.GRU(3, 6))
+    assert not calls_kernel(layers.GRU(3, 7, cpu_kernel=False))
+    assert not calls_kernel(layers.GRU(3, 8, custom_backward=False))  # forward mode stays available
+    monkeypatch.setenv("SEQJAX_CPU_KERNEL", "0")
+    assert not calls_kernel(layers.GRU(3, 9))
+
+
 def test_layers_use_the_kernel_only_where_it_applies():
     x32 = jnp.ones((4, 2, 3))
     assert cpu_kernel.supports(cells.lstm(5), {"w": x32}, x32)

@@ -94,7 +94,8 @@ def test_gradient_flow_experiment(tmp_path, capsys):
     from experiments import gradient_flow
 
     flags.FLAGS(["prog"])
-    with flagsaver.flagsaver(length=6, hidden_size=8, batch_size=2, clip_steps=10, workdir=str(tmp_path)):
+    small = dict(length=6, hidden_size=8, batch_size=2, clip_steps=10, inits=["default", "scaled"])
+    with flagsaver.flagsaver(**small, workdir=str(tmp_path)):
         gradient_flow.main(["prog"])
     rows = json.loads((tmp_path / "profiles.json").read_text())
     assert {(r["model"], r["init"]) for r in rows} >= {("rnn_tanh", "scaled"), ("transformer", "default")}

@@ -56,8 +56,9 @@ int NumGates(int64_t kind) { return kind == kLstm ? 4 : (kind == kGru ? 3 : 1); 
 int NumProjections(int64_t kind) { return kind == kGru ? 4 : NumGates(kind); }
 
 // ---------------------------------------------------------------- math
-// Vectorisable float32 exp: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, with a degree-6
-// polynomial (relative error about 1e-7). Branch-free so that loops vectorise.
+// Vectorisable float32 exp: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, with Cephes'
+// expf polynomial (relative error about 1e-7) and ln 2 split in two for an exact
+// reduction. Branch-free so that loops vectorise.
 inline float Exp(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
