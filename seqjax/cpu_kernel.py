@@ -47,7 +47,7 @@ _SOURCE = pathlib.Path(__file__).parent / "kernels" / "rnn_cpu.cc"
 # floating-point exception flags.
 _FLAGS = (
     "-O3",
-    "-march=native",
+    "-mcpu=native" if platform.machine().lower() in ("arm64", "aarch64") else "-march=native",
     "-std=c++17",
     "-ffp-contract=fast",
     "-fno-math-errno",
@@ -59,7 +59,7 @@ _FLAGS = (
 
 
 def _cpu_id() -> str:
-    """What -march=native compiles for: the machine and its CPU flags (Linux)."""
+    """What -march/-mcpu=native compiles for: the machine and its CPU flags (Linux)."""
     flags = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -86,16 +86,20 @@ def _compile() -> pathlib.Path:
         )
     ).hexdigest()[:16]
     cache = pathlib.Path(os.environ.get("SEQJAX_CACHE_DIR") or pathlib.Path.home() / ".cache" / "seqjax")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # e.g. a read-only home
+        cache = pathlib.Path(tempfile.gettempdir()) / "seqjax"
+        cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"rnn_cpu_{key}.so"
     if target.exists():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
     # Built under a temporary name and renamed: concurrent processes (pytest -n)
     # never load a half-written library.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(fd)
     command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         os.unlink(tmp)
         raise RuntimeError(f"compiling {_SOURCE.name} failed:\n{result.stderr[-2000:]}")
