@@ -3,10 +3,10 @@
 On CPU, a `lax.scan` step costs as much in XLA's per-step overhead (separate
 thunks for the matmul, the elementwise fusions and the writes into stacked
 outputs) as in arithmetic. `kernels/rnn_cpu.cc` runs a layer's whole time loop
-in one call of XLA's FFI: per step a register-blocked recurrent matmul fused with
-the cell's update, on every core. Everything else stays in XLA: the input
-projection before the loop, and every weight gradient as one large matmul after
-the backward loop (`seqjax.scan.input_and_weight_gradients`).
+in one call of XLA's FFI: per step one register-blocked matmul of `[h, x_t]`
+against the recurrent and input weights, fused with the cell's update, on every
+core. The backward loop returns the gate gradients; every weight gradient is then
+one large matmul in XLA (`seqjax.scan.input_and_weight_gradients`).
 
 The C++ source is compiled on first use with the system's C++ compiler (`$CXX`,
 else `c++`) against the FFI headers that ship with jaxlib, for the host CPU, and
