@@ -48,6 +48,7 @@ enum Kind : int64_t { kRnnTanh = 0, kRnnRelu = 1, kRnnIdentity = 2, kLstm = 3, k
 constexpr int kChunk = 16;  // hidden units per work item; two 8-lane vectors
 constexpr int kRows = 6;    // batch rows per register tile: 6 x 16 accumulators
 constexpr int kSlots = 4;   // residual slots per unit (LSTM gates; GRU r, z, n, h_n)
+constexpr int kPrefetchRows = 4;  // how far ahead the backward loop fetches its [t, b, *] rows
 
 int NumGates(int64_t kind) { return kind == kLstm ? 4 : (kind == kGru ? 3 : 1); }
 
@@ -482,10 +483,13 @@ void RunBackward(const Shape& s, bool reverse, const BackwardArgs& args) {
         const int64_t u0 = ch * kChunk, nu = std::min<int64_t>(kChunk, s.h - u0);
         for (int64_t bi = 0; bi < s.b; ++bi) {
           int64_t a_step = step, a_chunk = ch, a_row = bi;
-          if (Ahead(a_step, a_chunk, a_row, 4, s, c_begin, c_end)) {
-            const int64_t at = TimeAt(s.t - 1 - a_step, s.t, reverse) * s.b + a_row, a_u0 = a_chunk * kChunk;
+          if (Ahead(a_step, a_chunk, a_row, kPrefetchRows, s, c_begin, c_end)) {
+            const int64_t a_t = TimeAt(s.t - 1 - a_step, s.t, reverse), a_u0 = a_chunk * kChunk;
+            const int64_t at = a_t * s.b + a_row;
             Prefetch(args.d_hs + at * s.h + a_u0, nu);
-            Prefetch(args.hs + at * s.h + a_u0, nu);
+            // The outputs that the update reads: the RNN its own, the GRU the previous step's.
+            const int64_t h_t = gru ? (reverse ? a_t + 1 : a_t - 1) : a_t;
+            if (!lstm && h_t >= 0 && h_t < s.t) Prefetch(args.hs + (h_t * s.b + a_row) * s.h + a_u0, nu);
             for (int64_t j = 0; j < s.g(); ++j) __builtin_prefetch(args.d_gx + at * s.gh() + j * s.h + a_u0, 1);
           }
           const int64_t row = t * s.b + bi;
