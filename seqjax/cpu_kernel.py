@@ -5,8 +5,8 @@ thunks for the matmul, the elementwise fusions and the writes into stacked
 outputs) as in arithmetic. `kernels/rnn_cpu.cc` runs a layer's whole time loop
 in one call of XLA's FFI: per step one register-blocked matmul of `[h, x_t]`
 against the recurrent and input weights, fused with the cell's update, on every
-core. The backward loop returns the gate gradients; every weight gradient is then
-one large matmul in XLA (`seqjax.scan.input_and_weight_gradients`).
+core. The backward loop also forms the input and weight gradients, from gate
+gradients that never leave the cache (see the C++ source).
 
 The C++ source is compiled on first use with the system's C++ compiler (`$CXX`,
 else `c++`) against the FFI headers that ship with jaxlib, for the host CPU, and
@@ -222,15 +222,15 @@ def _scan_bwd(cell, reverse, residuals, cotangents):
     d_final, d_hs = cotangents
     kind = cell.kernel
     d_hn, d_cn = _split_carry(kind, d_final)
-    t, b, h = hs.shape
-    g_h = params["w_hh"].shape[-1]
-    results = (
-        _f32(t, b, g_h),
-        _f32(t, b, g_h) if kind == "gru" else _f32(0),
-        _f32(b, h),
-        _f32(b, h) if kind == "lstm" else _f32(0),
-    )
-    d_gx, d_gh, d_h0, d_c0 = jax.ffi.ffi_call("SeqjaxRnnBackward", results, vmap_method="sequential")(
+    t, b, d = xs.shape
+    h, g_h = params["w_hh"].shape
+    results = (_f32(t, b, d), _f32(d, g_h), _f32(h, g_h), _f32(g_h), _f32(g_h), _f32(b, h))
+    results += (_f32(b, h) if kind == "lstm" else _f32(0),)
+    d_xs, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_h0, d_c0 = jax.ffi.ffi_call(
+        "SeqjaxRnnBackward", results, vmap_method="sequential"
+    )(
+        xs,
+        params["w_ih"],
         params["w_hh"],
         h0,
         c0,
@@ -244,16 +244,8 @@ def _scan_bwd(cell, reverse, residuals, cotangents):
         kind=np.int64(KINDS[kind]),
         reverse=reverse,
     )
-    if kind != "gru":  # the gate gradients are the same on both sides of the sum
-        d_gh = d_gx
-    # The state each step's matmul read: the neighbouring output, or h0 where a
-    # sequence starts (step 0 forward, its last valid step in reverse).
-    if reverse:
-        starts = (jnp.arange(t, dtype=jnp.int32)[:, None] + 1 >= lengths)[..., None]
-        h_prev = jnp.where(starts, h0, jnp.concatenate([hs[1:], h0[None]]))
-    else:
-        h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    d_params, d_xs = scan_lib.input_and_weight_gradients(params, xs, h_prev, d_gx, d_gh)
+    grads = {"w_ih": d_w_ih, "w_hh": d_w_hh, "b_ih": d_b_ih, "b_hh": d_b_hh}
+    d_params = {name: grads[name] for name in params}
     d_carry = LSTMState(d_h0, d_c0) if kind == "lstm" else d_h0
     return d_params, d_carry, d_xs, None
 

@@ -22,18 +22,18 @@ CELLS = {
 }
 
 
-def _problem(name, hidden):
+def _problem(name, hidden, t=T, b=B, d=D):
     cell = CELLS[name](hidden)
-    params = cell.init(jax.random.key(0), D)
+    params = cell.init(jax.random.key(0), d)
     keys = jax.random.split(jax.random.key(1), 3)
-    xs = jax.random.normal(keys[0], (T, B, D))
-    leaves, treedef = jax.tree.flatten(cell.initial_carry((B,)))
+    xs = jax.random.normal(keys[0], (t, b, d))
+    leaves, treedef = jax.tree.flatten(cell.initial_carry((b,)))
     carry_keys = jax.random.split(keys[1], len(leaves))
     carry = jax.tree.unflatten(
         treedef, [0.5 * jax.random.normal(k, leaf.shape) for k, leaf in zip(carry_keys, leaves, strict=True)]
     )
     # Weights on every output and final state, so every cotangent path is used.
-    w_ys = jax.random.normal(keys[2], (T, B, hidden))
+    w_ys = jax.random.normal(keys[2], (t, b, hidden))
     return cell, params, carry, xs, w_ys
 
 
@@ -52,14 +52,8 @@ CASES += [(name, 40, True, LENGTHS) for name in CELLS]
 CASES += [("lstm", 40, False, None), ("gru", 21, True, None)]
 
 
-@pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler")
-@pytest.mark.parametrize(
-    "name, hidden, reverse, lengths",
-    CASES,
-    ids=[f"{n}-h{h}-{'rev' if r else 'fwd'}-{'len' if l is not None else 'full'}" for n, h, r, l in CASES],
-)
-def test_values_and_gradients_match_float64_autodiff(name, hidden, reverse, lengths):
-    cell, params, carry, xs, w_ys = _problem(name, hidden)
+def _check_against_float64_autodiff(problem, lengths, reverse):
+    cell, params, carry, xs, w_ys = problem
     as64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)  # noqa: E731
 
     def reference(cell, params, carry, xs, *, lengths, reverse):
@@ -77,6 +71,25 @@ def test_values_and_gradients_match_float64_autodiff(name, hidden, reverse, leng
         got, want = np.asarray(got, np.float64), np.asarray(want)
         scale = np.abs(want).max() + 1e-6
         np.testing.assert_allclose(got / scale, want / scale, atol=2e-6)
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize(
+    "name, hidden, reverse, lengths",
+    CASES,
+    ids=[f"{n}-h{h}-{'rev' if r else 'fwd'}-{'len' if l is not None else 'full'}" for n, h, r, l in CASES],
+)
+def test_values_and_gradients_match_float64_autodiff(name, hidden, reverse, lengths):
+    _check_against_float64_autodiff(_problem(name, hidden), lengths, reverse)
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("name, reverse", [("lstm", False), ("gru", True)])
+def test_gradients_over_several_weight_blocks_and_input_chunks(name, reverse):
+    # b = 33: the weight gradients are taken every 4 steps (128 rows), so t = 10
+    # ends on a partial block; d = 20: two 16-input chunks of d_xs, one partial.
+    lengths = np.random.default_rng(0).integers(0, 11, 33)
+    _check_against_float64_autodiff(_problem(name, 40, t=10, b=33, d=20), lengths, reverse)
 
 
 @pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler")
