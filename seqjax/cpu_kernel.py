@@ -147,11 +147,12 @@ def supports(cell: Any, *arrays: Any) -> bool:
     return cell.kernel in KINDS and all(jnp.result_type(x) == jnp.float32 for x in leaves)
 
 
-def _check_shapes(cell: Any, params: dict[str, Array], carry: Any, xs: Array) -> None:
+def _check_shapes(cell: Any, params: dict[str, Array], carry: Any, xs: Array, time_major: bool) -> None:
     """The C++ loops trust their shapes; every mismatch is caught here instead."""
     if xs.ndim != 3:
-        raise ValueError(f"xs must be [time, batch, input_size]; got shape {xs.shape}")
-    _, b, d = xs.shape
+        layout = "[time, batch, input_size]" if time_major else "[batch, time, input_size]"
+        raise ValueError(f"xs must be {layout}; got shape {xs.shape}")
+    b, d = xs.shape[1 if time_major else 0], xs.shape[2]
     h = cell.hidden_size
     g_h = cell.num_gates * h
     expected = {"w_ih": (d, g_h), "w_hh": (h, g_h), "b_ih": (g_h,), "b_hh": (g_h,)}
@@ -175,16 +176,16 @@ def _split_carry(kind: str, carry: Any) -> tuple[Array, Array]:
     return carry, jnp.zeros((0,), jnp.float32)
 
 
-def _forward(cell, reverse, params, carry, xs, lengths, save):
+def _forward(cell, reverse, time_major, params, carry, xs, lengths, save):
     kind = cell.kernel
     h0, c0 = _split_carry(kind, carry)
-    t, b = xs.shape[:2]
+    t, b = xs.shape[:2] if time_major else xs.shape[1::-1]
     h = h0.shape[-1]
     chunks = -(-h // 16)
     lstm, gated = kind == "lstm", kind in ("lstm", "gru")
     zeros = jnp.zeros(params["w_hh"].shape[-1:], jnp.float32)
     results = (
-        _f32(t, b, h),
+        _f32(*xs.shape[:2], h),
         _f32(b, h),
         _f32(b, h) if lstm else _f32(0),
         _f32(t, chunks, b, 4, 16) if save and gated else _f32(0),  # the kernel's own layout
@@ -202,29 +203,30 @@ def _forward(cell, reverse, params, carry, xs, lengths, save):
         kind=np.int64(KINDS[kind]),
         reverse=reverse,
         save=save,
+        time_major=time_major,
     )
     return (LSTMState(h_n, c_n) if lstm else h_n), hs, (h0, c0, hs, acts, cs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _scan(cell, reverse, params, carry, xs, lengths):
-    final, hs, _ = _forward(cell, reverse, params, carry, xs, lengths, False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _scan(cell, reverse, time_major, params, carry, xs, lengths):
+    final, hs, _ = _forward(cell, reverse, time_major, params, carry, xs, lengths, False)
     return final, hs
 
 
-def _scan_fwd(cell, reverse, params, carry, xs, lengths):
-    final, hs, saved = _forward(cell, reverse, params, carry, xs, lengths, True)
+def _scan_fwd(cell, reverse, time_major, params, carry, xs, lengths):
+    final, hs, saved = _forward(cell, reverse, time_major, params, carry, xs, lengths, True)
     return (final, hs), (params, xs, lengths, saved)
 
 
-def _scan_bwd(cell, reverse, residuals, cotangents):
+def _scan_bwd(cell, reverse, time_major, residuals, cotangents):
     params, xs, lengths, (h0, c0, hs, acts, cs) = residuals
     d_final, d_hs = cotangents
     kind = cell.kernel
     d_hn, d_cn = _split_carry(kind, d_final)
-    t, b, d = xs.shape
+    b, d = h0.shape[0], xs.shape[-1]
     h, g_h = params["w_hh"].shape
-    results = (_f32(t, b, d), _f32(d, g_h), _f32(h, g_h), _f32(g_h), _f32(g_h), _f32(b, h))
+    results = (_f32(*xs.shape), _f32(d, g_h), _f32(h, g_h), _f32(g_h), _f32(g_h), _f32(b, h))
     results += (_f32(b, h) if kind == "lstm" else _f32(0),)
     d_xs, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_h0, d_c0 = jax.ffi.ffi_call(
         "SeqjaxRnnBackward", results, vmap_method="sequential"
@@ -243,6 +245,7 @@ def _scan_bwd(cell, reverse, residuals, cotangents):
         d_cn,
         kind=np.int64(KINDS[kind]),
         reverse=reverse,
+        time_major=time_major,
     )
     grads = {"w_ih": d_w_ih, "w_hh": d_w_hh, "b_ih": d_b_ih, "b_hh": d_b_hh}
     d_params = {name: grads[name] for name in params}
@@ -261,23 +264,27 @@ def scan_kernel(
     *,
     lengths: Array | None = None,
     reverse: bool = False,
+    time_major: bool = True,
 ) -> tuple[Any, Array]:
     """`seqjax.scan.scan_cell(cell, params, carry, xs, ...)` in one fused loop on CPU.
 
     Same arguments, results and semantics as `scan_cell` (lengths, reverse,
     reverse-mode gradients), for a float32 built-in cell (`supports`); values
     agree with it to float32 rounding (the loop has its own exp and tanh).
+    With `time_major=False` xs and ys are batch-major: the loop reads and writes
+    them in place, which saves the two transposes around a time-major scan.
 
     Args:
       cell: a `seqjax.cells.Cell` with `cell.kernel` set.
       params: its float32 parameters.
       carry: initial carry, leaves `[b, h]`.
-      xs: `[t, b, d]` float32 raw inputs.
+      xs: `[t, b, d]` (`[b, t, d]` if not time_major) float32 raw inputs.
       lengths: optional `[b]` integers in `[0, t]` (see `seqjax.scan.scan`).
       reverse: run each sequence from its last valid step to its first.
+      time_major: the layout of xs and ys.
 
     Returns:
-      `(final_carry, ys)`, ys: `[t, b, h]`.
+      `(final_carry, ys)`, ys: `[t, b, h]` (`[b, t, h]` if not time_major).
 
     Raises:
       ValueError: the cell or dtype is not supported, or the kernels could not be
@@ -289,10 +296,11 @@ def scan_kernel(
             f"scan_kernel runs the built-in cells ({', '.join(KINDS)}) on float32 params, carry and xs; "
             f"got cell.kernel={cell.kernel!r} and dtypes {dtypes}"
         )
-    _check_shapes(cell, params, carry, xs)
+    _check_shapes(cell, params, carry, xs, time_major)
     if not available():
         raise ValueError(f"the CPU kernels are not available: {unavailable_reason()}")
-    lengths = scan_lib.check_lengths(lengths, xs.shape[1], xs.shape[0])
+    t, b = xs.shape[:2] if time_major else xs.shape[1::-1]
+    lengths = scan_lib.check_lengths(lengths, b, t)
     if lengths is None:
-        lengths = jnp.full(xs.shape[1:2], xs.shape[0], jnp.int32)
-    return _scan(cell, reverse, params, carry, xs, lengths)
+        lengths = jnp.full((b,), t, jnp.int32)
+    return _scan(cell, reverse, time_major, params, carry, xs, lengths)

@@ -134,11 +134,9 @@ class _Recurrent:
                 f"inputs last axis must be input_size={self.input_size}; got shape {inputs.shape}"
             )
         unbatched = inputs.ndim == 2
-        if unbatched:
-            xs = inputs[:, None]
-        else:
-            xs = jnp.swapaxes(inputs, 0, 1) if self.batch_first else inputs
-        num_steps, batch = xs.shape[:2]
+        xs = inputs[:, None] if unbatched else inputs
+        time_major = unbatched or not self.batch_first
+        num_steps, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
         if unbatched and lengths is not None:
             lengths = jnp.reshape(lengths, (-1,))
         lengths = scan.check_lengths(lengths, batch, num_steps)
@@ -152,15 +150,16 @@ class _Recurrent:
         if use_dropout and key is None:
             raise ValueError("key is required when dropout > 0 and deterministic=False")
 
-        outputs, final_state = self._run(params, xs, carries, lengths, key, use_dropout)
+        outputs, final_state = self._run(params, xs, carries, lengths, key, use_dropout, time_major)
         if unbatched:
             return outputs[:, 0], jax.tree.map(lambda s: s[:, 0], final_state)
-        return (jnp.swapaxes(outputs, 0, 1) if self.batch_first else outputs), final_state
+        return outputs, final_state
 
     # Compiled once per configuration (the layer is hashable), also when called eagerly.
-    @functools.partial(jax.jit, static_argnums=(0, 6))
-    def _run(self, params, xs, carries, lengths, key, use_dropout):
-        """xs: [t, b, d] -> (outputs [t, b, n*h], final state [L*n, b, h])."""
+    @functools.partial(jax.jit, static_argnums=(0, 6, 7))
+    def _run(self, params, xs, carries, lengths, key, use_dropout, time_major):
+        """xs: [t, b, d] ([b, t, d] if not time_major) -> (outputs [t, b, n*h] (or
+        [b, t, n*h]), final state [L*n, b, h])."""
         # None: what experiments/throughput.py measured faster on CPU; elsewhere the
         # hoisted projection and JAX's own differentiation.
         on_cpu = jax.default_backend() == "cpu"
@@ -175,6 +174,10 @@ class _Recurrent:
                 and cpu_kernel.supports(self.cell, params, carries, xs)
                 and cpu_kernel.available()
             )
+        # The kernel reads and writes batch-major arrays in place; the scans need time-major.
+        transpose = not time_major and not use_kernel
+        if transpose:
+            xs = jnp.swapaxes(xs, 0, 1)
         finals = []
         for l, layer_params in enumerate(params):
             ys = []
@@ -183,7 +186,7 @@ class _Recurrent:
                 options = dict(lengths=lengths, reverse=d == 1, unroll=self.unroll)
                 if use_kernel:
                     carry, y = cpu_kernel.scan_kernel(
-                        self.cell, p, carry0, xs, lengths=lengths, reverse=d == 1
+                        self.cell, p, carry0, xs, lengths=lengths, reverse=d == 1, time_major=time_major
                     )
                 elif custom_backward:
                     carry, y = scan.scan_cell(self.cell, p, carry0, xs, hoist=hoist, **options)
@@ -193,13 +196,14 @@ class _Recurrent:
                     carry, y = scan.scan(self.cell.apply, p, carry0, xs, **options)
                 finals.append(carry)
                 ys.append(y)
-            xs = jnp.concatenate(ys, axis=-1) if len(ys) > 1 else ys[0]  # [t, b, n*h]
+            xs = jnp.concatenate(ys, axis=-1) if len(ys) > 1 else ys[0]  # [t, b, n*h] or [b, t, n*h]
             if use_dropout and l < self.num_layers - 1:
                 key, sub = jax.random.split(key)
                 keep = jax.random.bernoulli(sub, 1.0 - self.dropout, xs.shape)
                 xs = jnp.where(keep, xs / (1.0 - self.dropout), 0).astype(xs.dtype)
 
-        return xs, jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)  # [L*n, b, h]
+        final_state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)  # [L*n, b, h]
+        return (jnp.swapaxes(xs, 0, 1) if transpose else xs), final_state
 
     def _check_state(self, state, batch, dtype, unbatched):
         """Returns a list of L*n carries, each with leaves [b, h]."""

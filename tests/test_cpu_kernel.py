@@ -52,14 +52,14 @@ CASES += [(name, 40, True, LENGTHS) for name in CELLS]
 CASES += [("lstm", 40, False, None), ("gru", 21, True, None)]
 
 
-def _check_against_float64_autodiff(problem, lengths, reverse):
+def _check_against_float64_autodiff(problem, lengths, reverse, run=cpu_kernel.scan_kernel):
     cell, params, carry, xs, w_ys = problem
     as64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)  # noqa: E731
 
     def reference(cell, params, carry, xs, *, lengths, reverse):
         return scan.scan(cell.apply, params, carry, xs, lengths=lengths, reverse=reverse)
 
-    loss = _loss(cpu_kernel.scan_kernel, cell, w_ys, lengths, reverse)
+    loss = _loss(run, cell, w_ys, lengths, reverse)
     value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, carry, xs)
     with jax.enable_x64():
         ref_loss = _loss(reference, cell, as64(w_ys), lengths, reverse)
@@ -90,6 +90,19 @@ def test_gradients_over_several_weight_blocks_and_input_chunks(name, reverse):
     # ends on a partial block; d = 20: two 16-input chunks of d_xs, one partial.
     lengths = np.random.default_rng(0).integers(0, 11, 33)
     _check_against_float64_autodiff(_problem(name, 40, t=10, b=33, d=20), lengths, reverse)
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("name, reverse", [("rnn_tanh", False), ("lstm", True), ("gru", False)])
+def test_batch_major_layout_matches_float64_autodiff(name, reverse):
+    def batch_major(cell, params, carry, xs, *, lengths, reverse):
+        final, ys = cpu_kernel.scan_kernel(
+            cell, params, carry, jnp.swapaxes(xs, 0, 1), lengths=lengths, reverse=reverse, time_major=False
+        )
+        return final, jnp.swapaxes(ys, 0, 1)
+
+    lengths = np.random.default_rng(1).integers(0, 11, 33)
+    _check_against_float64_autodiff(_problem(name, 21, t=10, b=33, d=20), lengths, reverse, run=batch_major)
 
 
 @pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler")

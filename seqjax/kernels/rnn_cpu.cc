@@ -18,7 +18,9 @@
 // Layouts (float32, row-major; t = time, b = batch, d = input, h = hidden,
 // g = gates in PyTorch's order, C = ceil(h / 16) chunks):
 //   xs [t, b, d], w_ih [d, g*h], w_hh [h, g*h], b_ih, b_hh [g*h], h0/c0 [b, h],
-//   lengths [b] int32; hs [t, b, h] outputs, zero past an example's length.
+//   lengths [b] int32; hs [t, b, h] outputs, zero past an example's length. With
+//   time_major false, xs, hs and their gradients are [b, t, *] instead (rows read
+//   with a stride), which saves the caller two transposes per direction.
 //   Residuals for the backward pass, chunk-major so that each thread reads and
 //   writes them contiguously: acts [t, C, b, 4, 16] (LSTM: i, f, g, o after their
 //   nonlinearities; GRU: r, z, n and h @ w_hn + b_hn) and the LSTM's cell states
@@ -198,6 +200,10 @@ void Parallel(int num_threads, Fn fn) {
 struct Shape {
   int64_t t, b, d, h;
   int64_t kind;
+  bool time_major;  // layout of xs, hs, d_hs and d_xs: [t, b, *], else [b, t, *]
+  // Row of (time, example) in those arrays, and the rows between consecutive examples.
+  int64_t Row(int64_t time, int64_t example) const { return time_major ? time * b + example : example * t + time; }
+  int64_t BatchStride() const { return time_major ? 1 : t; }
   int64_t g() const { return NumGates(kind); }
   int64_t gh() const { return g() * h; }
   int64_t chunks() const { return (h + kChunk - 1) / kChunk; }
@@ -413,7 +419,8 @@ void RunForward(const Shape& s, bool reverse, bool save, const ForwardArgs& args
     int64_t waits = 0;
     for (int64_t step = 0; step < s.t; ++step) {
       const int64_t t = TimeAt(step, s.t, reverse);
-      const float* x_t = args.xs + t * s.b * s.d;
+      const float* x_t = args.xs + s.Row(t, 0) * s.d;
+      const int64_t ldx = s.BatchStride() * s.d;
       const float* h_prev = h.data() + (step % 2) * s.b * s.h;
       float* h_next = h.data() + ((step + 1) % 2) * s.b * s.h;
       for (int64_t ch = c_begin; ch < c_end; ++ch) {
@@ -421,22 +428,22 @@ void RunForward(const Shape& s, bool reverse, bool save, const ForwardArgs& args
         const float* panels = packed.data() + ch * s.g() * s.k() * kChunk;
         for (int64_t row = 0; row < s.b; row += kRows) {
           const int rows = static_cast<int>(std::min<int64_t>(kRows, s.b - row));
-          const float *a = h_prev + row * s.h, *x = x_t + row * s.d;
+          const float *a = h_prev + row * s.h, *x = x_t + row * ldx;
           for (int64_t j = 0; j < s.g(); ++j) {
             const float* panel = panels + j * s.k() * kChunk;
             if (gru && j == 2) {  // n: the h part, then the x part, apart
-              TileRows(rows, a, s.h, s.h, x, s.d, 0, panel, kChunk, tile.data() + 2 * kChunk, slots * kChunk);
-              TileRows(rows, a, s.h, 0, x, s.d, s.d, panel + s.h * kChunk, kChunk, tile.data() + 3 * kChunk,
+              TileRows(rows, a, s.h, s.h, x, ldx, 0, panel, kChunk, tile.data() + 2 * kChunk, slots * kChunk);
+              TileRows(rows, a, s.h, 0, x, ldx, s.d, panel + s.h * kChunk, kChunk, tile.data() + 3 * kChunk,
                        slots * kChunk);
             } else {
-              TileRows(rows, a, s.h, s.h, x, s.d, s.d, panel, kChunk, tile.data() + j * kChunk, slots * kChunk);
+              TileRows(rows, a, s.h, s.h, x, ldx, s.d, panel, kChunk, tile.data() + j * kChunk, slots * kChunk);
             }
           }
           for (int r = 0; r < rows; ++r) {
             const int64_t bi = row + r;
             const float* hp = h_prev + bi * s.h + u0;
             float* hn = h_next + bi * s.h + u0;
-            float* y = args.hs + (t * s.b + bi) * s.h + u0;
+            float* y = args.hs + s.Row(t, bi) * s.h + u0;
             if (t >= args.lengths[bi]) {  // padding: the carry stays, the output is zero
               std::copy_n(hp, nu, hn);
               std::fill_n(y, nu, 0.0f);
@@ -497,8 +504,8 @@ void WeightBlock(const Shape& s, bool reverse, const BackwardArgs& args, int64_t
     for (int64_t bi = 0; bi < s.b; ++bi) {
       // The state the step's matmul read (as in the backward loop).
       const bool from_init = reverse ? t_prev >= args.lengths[bi] : t_prev < 0;
-      sources[2 * (i * s.b + bi)] = from_init ? args.h0 + bi * s.h : args.hs + (t_prev * s.b + bi) * s.h;
-      sources[2 * (i * s.b + bi) + 1] = args.xs + (t * s.b + bi) * s.d;
+      sources[2 * (i * s.b + bi)] = from_init ? args.h0 + bi * s.h : args.hs + s.Row(t_prev, bi) * s.h;
+      sources[2 * (i * s.b + bi) + 1] = args.xs + s.Row(t, bi) * s.d;
     }
   }
   // Transposed 16 features at a time: 16 rows of a written in order.
@@ -582,12 +589,12 @@ void RunBackward(const Shape& s, bool reverse, const BackwardArgs& args) {
           int64_t a_step = step, a_chunk = ch, a_row = bi;
           if (Ahead(a_step, a_chunk, a_row, kPrefetchRows, s, c_begin, c_end)) {
             const int64_t a_t = TimeAt(s.t - 1 - a_step, s.t, reverse), a_u0 = a_chunk * kChunk;
-            Prefetch(args.d_hs + (a_t * s.b + a_row) * s.h + a_u0, nu);
+            Prefetch(args.d_hs + s.Row(a_t, a_row) * s.h + a_u0, nu);
             // The outputs that the update reads: the RNN its own, the GRU the previous step's.
             const int64_t h_t = gru ? (reverse ? a_t + 1 : a_t - 1) : a_t;
-            if (!lstm && h_t >= 0 && h_t < s.t) Prefetch(args.hs + (h_t * s.b + a_row) * s.h + a_u0, nu);
+            if (!lstm && h_t >= 0 && h_t < s.t) Prefetch(args.hs + s.Row(h_t, a_row) * s.h + a_u0, nu);
           }
-          const int64_t row = t * s.b + bi;
+          const int64_t row = s.Row(t, bi);
           float* gx = gx_t + bi * s.gh() + u0;
           float* gh = gh_t + bi * s.gh() + u0;
           float* dh_ = dh.data() + bi * s.h + u0;
@@ -609,7 +616,7 @@ void RunBackward(const Shape& s, bool reverse, const BackwardArgs& args) {
             SEQJAX_DISPATCH(LstmBackward, nu, s.h, args.acts + res * kSlots * kChunk, args.cs + res * kChunk,
                             cp, dh_, dy, dc.data() + bi * s.h + u0, gx, dir);
           } else if (gru) {
-            const float* hp = from_init ? args.h0 + bi * s.h + u0 : args.hs + (t_prev * s.b + bi) * s.h + u0;
+            const float* hp = from_init ? args.h0 + bi * s.h + u0 : args.hs + s.Row(t_prev, bi) * s.h + u0;
             SEQJAX_DISPATCH(GruBackward, nu, s.h, args.acts + res * kSlots * kChunk, hp, dh_, dy, gx, gh, dir);
           } else {
             SEQJAX_DISPATCH(RnnBackward, nu, s.kind, args.hs + row * s.h + u0, dh_, dy, gx, dir);
@@ -640,7 +647,7 @@ void RunBackward(const Shape& s, bool reverse, const BackwardArgs& args) {
           const int rows = static_cast<int>(std::min<int64_t>(kRows, s.b - row));
           TileRows(rows, gx_t + row * s.gh(), s.gh(), s.gh(), nullptr, 0, 0, packed_x.data() + ch * s.gh() * kChunk,
                    kChunk, tile.data(), kChunk);
-          Store(rows, nf, tile.data(), args.d_xs + (t * s.b + row) * s.d + f0, s.d);
+          Store(rows, nf, tile.data(), args.d_xs + s.Row(t, row) * s.d + f0, s.BatchStride() * s.d);
         }
       }
       // 3. At the end of a block, its weight gradients.
@@ -670,11 +677,12 @@ using F32Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error Forward(F32 xs, F32 w_ih, F32 w_hh, F32 b_ih, F32 b_hh, F32 h0, F32 c0, ffi::Buffer<ffi::S32> lengths,
                    F32Out hs, F32Out h_n, F32Out c_n, F32Out acts, F32Out cs, int64_t kind, bool reverse,
-                   bool save) {
+                   bool save, bool time_major) {
   if (kind < kRnnTanh || kind > kGru) return ffi::Error::InvalidArgument("unknown cell kind");
   const auto x_dims = xs.dimensions(), h_dims = h0.dimensions();
-  if (x_dims.size() != 3 || h_dims.size() != 2) return ffi::Error::InvalidArgument("xs must be [t, b, d], h0 [b, h]");
-  RunForward({x_dims[0], x_dims[1], x_dims[2], h_dims[1], kind}, reverse, save,
+  if (x_dims.size() != 3 || h_dims.size() != 2) return ffi::Error::InvalidArgument("xs must be 3-D, h0 [b, h]");
+  const int64_t t = x_dims[time_major ? 0 : 1], b = x_dims[time_major ? 1 : 0];
+  RunForward({t, b, x_dims[2], h_dims[1], kind, time_major}, reverse, save,
              {xs.typed_data(), w_ih.typed_data(), w_hh.typed_data(), b_ih.typed_data(), b_hh.typed_data(),
               h0.typed_data(), c0.typed_data(), lengths.typed_data(), hs->typed_data(), h_n->typed_data(),
               c_n->typed_data(), acts->typed_data(), cs->typed_data()});
@@ -683,11 +691,12 @@ ffi::Error Forward(F32 xs, F32 w_ih, F32 w_hh, F32 b_ih, F32 b_hh, F32 h0, F32 c
 
 ffi::Error Backward(F32 xs, F32 w_ih, F32 w_hh, F32 h0, F32 c0, ffi::Buffer<ffi::S32> lengths, F32 hs, F32 acts,
                     F32 cs, F32 d_hs, F32 d_hn, F32 d_cn, F32Out d_xs, F32Out d_w_ih, F32Out d_w_hh, F32Out d_b_ih,
-                    F32Out d_b_hh, F32Out d_h0, F32Out d_c0, int64_t kind, bool reverse) {
+                    F32Out d_b_hh, F32Out d_h0, F32Out d_c0, int64_t kind, bool reverse, bool time_major) {
   if (kind < kRnnTanh || kind > kGru) return ffi::Error::InvalidArgument("unknown cell kind");
   const auto x_dims = xs.dimensions(), h_dims = hs.dimensions();
-  if (x_dims.size() != 3 || h_dims.size() != 3) return ffi::Error::InvalidArgument("xs must be [t, b, d], hs [t, b, h]");
-  RunBackward({x_dims[0], x_dims[1], x_dims[2], h_dims[2], kind}, reverse,
+  if (x_dims.size() != 3 || h_dims.size() != 3) return ffi::Error::InvalidArgument("xs and hs must be 3-D");
+  const int64_t t = x_dims[time_major ? 0 : 1], b = x_dims[time_major ? 1 : 0];
+  RunBackward({t, b, x_dims[2], h_dims[2], kind, time_major}, reverse,
               {xs.typed_data(), w_ih.typed_data(), w_hh.typed_data(), h0.typed_data(), c0.typed_data(),
                lengths.typed_data(), hs.typed_data(), acts.typed_data(), cs.typed_data(), d_hs.typed_data(),
                d_hn.typed_data(), d_cn.typed_data(), d_xs->typed_data(), d_w_ih->typed_data(), d_w_hh->typed_data(),
@@ -716,7 +725,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnForward, Forward,
                                   .Ret<F32>()  // cs
                                   .Attr<int64_t>("kind")
                                   .Attr<bool>("reverse")
-                                  .Attr<bool>("save"));
+                                  .Attr<bool>("save")
+                                  .Attr<bool>("time_major"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnBackward, Backward,
                               ffi::Ffi::Bind()
@@ -740,5 +750,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxRnnBackward, Backward,
                                   .Ret<F32>()  // d_h0
                                   .Ret<F32>()  // d_c0
                                   .Attr<int64_t>("kind")
-                                  .Attr<bool>("reverse"));
+                                  .Attr<bool>("reverse")
+                                  .Attr<bool>("time_major"));
 #endif
