@@ -178,6 +178,8 @@ class _Recurrent:
         transpose = not time_major and not use_kernel
         if transpose:
             xs = jnp.swapaxes(xs, 0, 1)
+            time_major = True
+        num_steps, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
         finals = []
         for l, layer_params in enumerate(params):
             ys = []
@@ -199,7 +201,9 @@ class _Recurrent:
             xs = jnp.concatenate(ys, axis=-1) if len(ys) > 1 else ys[0]  # [t, b, n*h] or [b, t, n*h]
             if use_dropout and l < self.num_layers - 1:
                 key, sub = jax.random.split(key)
-                keep = jax.random.bernoulli(sub, 1.0 - self.dropout, xs.shape)
+                # Drawn time-major in every layout, so batch_first never changes which units drop.
+                keep = jax.random.bernoulli(sub, 1.0 - self.dropout, (num_steps, batch, xs.shape[-1]))
+                keep = keep if time_major else jnp.swapaxes(keep, 0, 1)
                 xs = jnp.where(keep, xs / (1.0 - self.dropout), 0).astype(xs.dtype)
 
         final_state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)  # [L*n, b, h]

@@ -115,6 +115,10 @@ def test_dropout_between_layers(key):
     c, _ = layer.apply(params, xs, key=jax.random.key(6), deterministic=False)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, plain) and not np.allclose(a, c)
+    # The same units drop in either layout.
+    batch_first = seqjax.LSTM(D, H, num_layers=2, dropout=0.5, batch_first=True)
+    a_bf, _ = batch_first.apply(params, jnp.swapaxes(xs, 0, 1), key=jax.random.key(5), deterministic=False)
+    np.testing.assert_allclose(a_bf, jnp.swapaxes(a, 0, 1), rtol=1e-6, atol=1e-7)
     # The first layer sees no dropout: a one-layer LSTM with layer 0's weights agrees on h_n[0].
     first = seqjax.LSTM(D, H)
     _, (h0, _) = first.apply(params[:1], xs)
