@@ -179,11 +179,11 @@ def _scan_cell_bwd(cell, reverse, unroll, hoist, saved, cotangents):
     )
     if d_gx is None:
         d_gx = d_gh
-    d_params, d_xs = input_and_weight_gradients(params, xs, cell.hidden(carries), d_gx, d_gh)
+    d_params, d_xs = _input_and_weight_gradients(params, xs, cell.hidden(carries), d_gx, d_gh)
     return d_params, d_carry, d_xs, None
 
 
-def input_and_weight_gradients(
+def _input_and_weight_gradients(
     params: dict[str, Array], xs: Array, h_prev: Array, d_gx: Array, d_gh: Array
 ) -> tuple[dict[str, Array], Array]:
     """Parameter and input gradients of a scanned cell from its gate gradients.
