@@ -7,7 +7,16 @@ calls `main(experiment)`; everything else happens here:
 
 A sweep is the cross product of the flag lists. Each (model, length) pair is one
 compiled program that trains every (seed, learning rate) together with `vmap`.
+
+A model is a registered family (`seqjax.registry`), with the family's own
+options after colons: `--models=rnn:nonlinearity=relu,lstm:forget_bias=0.0,transformer:num_heads=2`
+(values are Python literals, else strings). `--num_heads` and `--positional`
+set those options for every family that takes them. A user's own family comes
+from `--user_module=path/to/file.py` (see `experiments.user_modules`).
+
 Outputs in --workdir:
+  config.json                 the resolved configuration, versions and backend;
+                              `--config=.../config.json` reruns it
   summary.json, summary.csv   one row per (model, length, seed, learning rate)
   results.md                  the Markdown table printed at the end
   learning_curves.png         evaluation loss against steps, with the baseline
@@ -17,6 +26,7 @@ Outputs in --workdir:
 
 from __future__ import annotations
 
+import ast
 import bisect
 import csv
 import dataclasses
@@ -33,12 +43,18 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh
 
-from seqjax import distributed
-from seqjax.models import Kind, SequenceModel, count_params
-from seqjax.train import TrainConfig, make_evaluate, train
+from experiments import run_config, user_modules
+from seqjax import registry
+from seqjax.models import SequenceModel, count_params
+from seqjax.training import TrainConfig, distributed, make_evaluate, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["rnn", "lstm", "gru", "transformer"], "Backbones: rnn, lstm, gru, transformer.")
+flags.DEFINE_list(
+    "models",
+    ["rnn", "lstm", "gru", "transformer"],
+    "Models: registered families (rnn, lstm, gru, transformer, and any from --user_module), each with "
+    "optional family options after colons, e.g. rnn:nonlinearity=relu.",
+)
 flags.DEFINE_list(
     "lengths", None, "Task lengths (the delay T for the copy task, the sequence length elsewhere)."
 )
@@ -46,17 +62,32 @@ flags.DEFINE_list("seeds", ["0"], "Seeds; all of them train together in one prog
 flags.DEFINE_list("learning_rates", ["3e-3"], "Peak learning rates; trained together with the seeds.")
 flags.DEFINE_integer("steps", None, "Training steps.")
 flags.DEFINE_integer("batch_size", 64, "Examples per step.")
-flags.DEFINE_integer("hidden_size", 64, "Hidden size of the recurrent models; d_model of the Transformer.")
+flags.DEFINE_integer("hidden_size", 64, "Width of every model (the recurrent h; d_model of the Transformer).")
 flags.DEFINE_integer("num_layers", 1, "Layers of every model (the experiment's default if unset).")
-flags.DEFINE_integer("num_heads", 4, "Attention heads of the Transformer.")
-flags.DEFINE_string("positional", "rope", "Transformer positions: learned, sinusoidal, rope or none.")
-flags.DEFINE_boolean("match_params", False, "Resize each model's width to the LSTM's parameter count.")
+flags.DEFINE_integer("num_heads", 4, "Attention heads: the num_heads option of every family that has it.")
+flags.DEFINE_string(
+    "positional", "rope", "Positions (learned, sinusoidal, rope, none): the option of every family with it."
+)
+flags.DEFINE_boolean(
+    "match_params", False, "Resize each model's width to --match_reference's parameter count."
+)
+flags.DEFINE_string("match_reference", "lstm", "The model whose parameter count --match_params matches.")
 flags.DEFINE_list("eval_lengths", [], "Extra lengths to evaluate the trained models at (generalisation).")
 flags.DEFINE_string("workdir", None, "Output directory; runs/<experiment> if unset.")
 flags.DEFINE_integer("log_every", None, "Steps between metric lines (one compiled chunk).")
 flags.DEFINE_integer("eval_every", None, "Steps between evaluations; a multiple of log_every.")
 flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints; a multiple of log_every (0: off).")
 flags.DEFINE_boolean("resume", False, "Continue each group from its latest checkpoint in --workdir.")
+flags.DEFINE_enum(
+    "optimizer",
+    "adam",
+    ["adam", "sgd", "momentum", "rmsprop", "lion"],
+    "Update rule (seqjax.training.Optimizer).",
+)
+flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0: no clipping).")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW with adam).")
+flags.DEFINE_integer("warmup_steps", None, "Linear warm-up steps (default: min(100, steps // 10)).")
+flags.DEFINE_string("config", None, "A run's config.json: rerun it (flags given explicitly still apply).")
 flags.DEFINE_integer(
     "run_devices", 1, "Devices that split the runs (seeds x learning rates); the others split each batch."
 )
@@ -66,6 +97,9 @@ flags.DEFINE_boolean(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --multi_process).")
 flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+
+# Options that a shared flag sets for every family whose factory takes them.
+_SHARED_OPTIONS = ("num_heads", "positional")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +135,7 @@ class Experiment:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """A sweep, as the flags give it."""
+    """A sweep, as the flags give it (each field is the flag of the same name, resolved)."""
 
     models: tuple[str, ...]
     lengths: tuple[int, ...]
@@ -114,12 +148,17 @@ class Settings:
     num_heads: int = 4
     positional: str = "rope"
     match_params: bool = False
+    match_reference: str = "lstm"
     eval_lengths: tuple[int, ...] = ()
     workdir: str = "runs/experiment"
     log_every: int = 50
     eval_every: int = 250
     checkpoint_every: int = 500
     resume: bool = False
+    optimizer: str = "adam"
+    clip_norm: float = 1.0
+    weight_decay: float = 0.0
+    warmup_steps: int | None = None
     run_devices: int = 1
 
 
@@ -132,13 +171,46 @@ def _parse(values: Sequence[str], kind: type, name: str) -> tuple:
         ) from None
 
 
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
+    """`"family:key=value:..."` -> `(family, options)`; values are Python literals, else strings."""
+    name, *pairs = spec.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(
+                f"model {spec!r}: options follow the family as key=value, e.g. lstm:forget_bias=0.0"
+            )
+        options[key] = _literal(value)
+    return name, options
+
+
+def model_options(settings: Settings, spec: str) -> tuple[str, dict[str, Any]]:
+    """The family of `spec` and its options: the spec's own, then the shared flags'
+    (--num_heads, --positional) for a family that takes them."""
+    name, options = parse_model(spec)
+    family = registry.get(name)
+    for option in _SHARED_OPTIONS:
+        if option not in options and family.accepts(option):
+            options[option] = getattr(settings, option)
+    return name, options
+
+
+def label(spec: str) -> str:
+    """A model's name in paths: the spec with its colons as underscores."""
+    return spec.replace(":", "_")
+
+
 def settings_from_flags(experiment: Experiment) -> Settings:
     """Reads and checks the flags, before anything is compiled."""
-    models = tuple(m.strip().lower() for m in FLAGS.models)
-    known = [k.value for k in Kind]
-    for m in models:
-        if m not in known:
-            raise app.UsageError(f"--models: unknown model {m!r}; choose from {','.join(known)}")
+    models = tuple(m.strip() for m in FLAGS.models)
     steps = FLAGS.steps or experiment.steps
     log_every = FLAGS.log_every or min(50, steps)
     eval_every = FLAGS.eval_every or max(log_every, (steps // 8) // log_every * log_every)
@@ -157,6 +229,7 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         num_heads=FLAGS.num_heads,
         positional=FLAGS.positional,
         match_params=FLAGS.match_params,
+        match_reference=FLAGS.match_reference,
         eval_lengths=_parse(FLAGS.eval_lengths, int, "eval_lengths")
         if FLAGS["eval_lengths"].present
         else experiment.eval_lengths,
@@ -165,15 +238,26 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         eval_every=eval_every,
         checkpoint_every=checkpoint_every,
         resume=FLAGS.resume,
+        optimizer=FLAGS.optimizer,
+        clip_norm=FLAGS.clip_norm,
+        weight_decay=FLAGS.weight_decay,
+        warmup_steps=FLAGS.warmup_steps,
         run_devices=FLAGS.run_devices,
     )
     try:  # build every model and config once, so that bad values fail before compiling
+        if len(set(models)) != len(models):
+            raise ValueError(f"--models lists a model twice: {','.join(models)}")
         for length in settings.lengths + settings.eval_lengths:
             jax.eval_shape(lambda key, n=length: experiment.task.sample(key, 1, n), jax.random.key(0))
         for length in settings.lengths:
             _train_config(settings, length)
-        for model in settings.models:
-            _model(experiment, settings, model)
+        for flag, spec in [("models", m) for m in settings.models] + [
+            ("match_reference", settings.match_reference)
+        ]:
+            try:
+                _model(experiment, settings, spec)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"--{flag}: {error}") from None
         mesh = _mesh(settings)
         if mesh is not None:
             num_runs = len(settings.seeds) * len(settings.learning_rates)
@@ -184,11 +268,15 @@ def settings_from_flags(experiment: Experiment) -> Settings:
 
 
 def _train_config(settings: Settings, length: int) -> TrainConfig:
+    warmup = settings.warmup_steps
     return TrainConfig(
         length=length,
         steps=settings.steps,
         batch_size=settings.batch_size,
-        warmup_steps=min(100, settings.steps // 10),
+        warmup_steps=min(100, settings.steps // 10) if warmup is None else warmup,
+        clip_norm=settings.clip_norm or None,
+        weight_decay=settings.weight_decay,
+        optimizer=settings.optimizer,
         log_every=settings.log_every,
         eval_every=settings.eval_every,
         checkpoint_every=settings.checkpoint_every,
@@ -196,18 +284,18 @@ def _train_config(settings: Settings, length: int) -> TrainConfig:
 
 
 def _model(
-    experiment: Experiment, settings: Settings, kind: str, hidden_size: int | None = None
+    experiment: Experiment, settings: Settings, spec: str, hidden_size: int | None = None
 ) -> SequenceModel:
     task = experiment.task
+    family, options = model_options(settings, spec)
     return SequenceModel(
-        kind,
+        family,
         output_size=task.output_size,
         hidden_size=hidden_size or settings.hidden_size,
         vocab_size=task.vocab_size,
         input_size=None if task.vocab_size else task.input_size,
         num_layers=settings.num_layers,
-        num_heads=settings.num_heads,
-        positional=settings.positional,
+        options=options,
     )
 
 
@@ -216,20 +304,20 @@ def _num_params(model: SequenceModel) -> int:
     return count_params(shapes)
 
 
-def matched_model(experiment: Experiment, settings: Settings, kind: str) -> SequenceModel:
-    """The model of `kind` whose parameter count is closest to the LSTM's at
-    `settings.hidden_size` (widths in multiples of 2 * num_heads for the Transformer)."""
-    target = _num_params(_model(experiment, settings, "lstm"))
-    step = 2 * settings.num_heads if kind == "transformer" else 1
-    widths = list(range(step, 8 * settings.hidden_size + 1, step))
+def matched_model(experiment: Experiment, settings: Settings, spec: str) -> SequenceModel:
+    """The model of `spec` whose parameter count is closest to that of
+    `settings.match_reference` at `settings.hidden_size`, among the widths up to
+    8 * hidden_size that the family accepts (a Transformer's must divide into heads)."""
+    target = _num_params(_model(experiment, settings, settings.match_reference))
+    widths = []
+    for width in range(1, 8 * settings.hidden_size + 1):
+        try:
+            widths.append(_model(experiment, settings, spec, width))
+        except ValueError:
+            continue
     # Parameter counts grow with width: bisect for the first width at or above the target.
-    index = bisect.bisect_left(
-        widths, target, key=lambda h: _num_params(_model(experiment, settings, kind, h))
-    )
-    candidates = [
-        _model(experiment, settings, kind, widths[i])
-        for i in {max(index - 1, 0), min(index, len(widths) - 1)}
-    ]
+    index = bisect.bisect_left(widths, target, key=_num_params)
+    candidates = [widths[i] for i in {max(index - 1, 0), min(index, len(widths) - 1)}]
     return min(candidates, key=lambda m: abs(_num_params(m) - target))
 
 
@@ -244,22 +332,45 @@ def _mesh(settings: Settings) -> Mesh | None:
     return distributed.make_mesh(settings.run_devices)
 
 
+def apply_config(path: str, experiment_name: str) -> None:
+    """Sets every flag that the command line left unset from a config.json's
+    settings, and imports its user modules."""
+    try:
+        config = json.loads(pathlib.Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise app.UsageError(f"--config: cannot read {path}: {error}") from None
+    if config.get("experiment") != experiment_name:
+        raise app.UsageError(
+            f"--config: {path} is a config of {config.get('experiment')!r}, not of {experiment_name!r}"
+        )
+    for spec in config.get("user_modules", []):
+        user_modules.import_user_module(spec)
+    for name, value in config["settings"].items():
+        if FLAGS[name].present:
+            continue
+        if isinstance(value, list):
+            value = [str(v) for v in value]
+        FLAGS[name].value = value
+
+
 def run(experiment: Experiment, settings: Settings) -> list[dict]:
-    """Trains the sweep and writes the summary, table and plots (process 0 of a
-    multi-process job); returns the rows."""
+    """Trains the sweep and writes the config, summary, table and plots (process 0
+    of a multi-process job); returns the rows."""
     mesh = _mesh(settings)
     workdir = pathlib.Path(settings.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    families = [parse_model(spec)[0] for spec in (*settings.models, settings.match_reference)]
+    run_config.write(workdir, experiment.name, dataclasses.asdict(settings), families)
     task, rows, curves = experiment.task, [], {}
     runs = list(itertools.product(settings.seeds, settings.learning_rates))
     seeds, lrs = [s for s, _ in runs], [lr for _, lr in runs]
-    for kind, length in itertools.product(settings.models, settings.lengths):
+    for spec, length in itertools.product(settings.models, settings.lengths):
         if settings.match_params:
-            model = matched_model(experiment, settings, kind)
+            model = matched_model(experiment, settings, spec)
         else:
-            model = _model(experiment, settings, kind)
+            model = _model(experiment, settings, spec)
         config = _train_config(settings, length)
-        group = workdir / f"{kind}_len{length}"
+        group = workdir / f"{label(spec)}_len{length}"
         start = time.perf_counter()
         state, history = train(model, task, config, seeds, lrs, group, resume=settings.resume, mesh=mesh)
         seconds = time.perf_counter() - start
@@ -282,10 +393,10 @@ def run(experiment: Experiment, settings: Settings) -> list[dict]:
             solved_at = next(
                 (e["step"] for e in evals if e["eval_accuracy"] >= experiment.solved_accuracy), None
             )
-            curves[(kind, length, seed, lr)] = [(e["step"], e["eval_loss"]) for e in evals]
+            curves[(spec, length, seed, lr)] = [(e["step"], e["eval_loss"]) for e in evals]
             rows.append(
                 {
-                    "model": kind,
+                    "model": spec,
                     "length": length,
                     "seed": seed,
                     "learning_rate": lr,
@@ -412,8 +523,10 @@ def main(experiment: Experiment) -> None:
                 or "experiments" in record.pathname
             )
         )
+        if FLAGS.config:
+            apply_config(FLAGS.config, experiment.name)
         if FLAGS.multi_process or FLAGS.coordinator_address:
             distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         run(experiment, settings_from_flags(experiment))
 
-    app.run(_main)
+    user_modules.run(_main)

@@ -1,18 +1,24 @@
 """Vanishing and exploding gradients, measured per model and initialisation.
 
-For tanh RNN, relu RNN, LSTM, GRU and the Transformer, at PyTorch's default
-initialisation, with orthogonal recurrent weights, and with recurrent weights
-scaled up: the norm of the gradient that reaches each time step from a loss on
-the last step (`||dL/dh_t||` for the recurrent cells, `||dL/dx_t||` for every
-model), its fitted per-step decay rate, and the spectral radius and largest
-singular value of the recurrent Jacobian along the trajectory. Then a short
-training run on an exploding configuration, with and without optax's
-gradient-norm clipping.
+For every model of `--models` (default: tanh RNN, relu RNN, LSTM, GRU and the
+Transformer; any registered family, a user's too), at the family's default
+initialisation, with orthogonal recurrent weights, and with the recurrent
+weights scaled up: the norm of the gradient that reaches each time step from a
+loss on the last step (`||dL/ds_t||` for the state s_t of a cell family,
+`||dL/dx_t||` for the inputs of a backbone family), its fitted per-step decay
+rate, and the spectral radius and largest singular value of the recurrent
+Jacobian along the trajectory. Then a short training run on an exploding
+configuration, with and without optax's gradient-norm clipping.
+
+"orthogonal" passes `recurrent_init="orthogonal"` to families that take it (the
+others are skipped); "scaled" multiplies the parameters a cell or backbone names
+in `recurrent_params` (`w_hh`; the Transformer's blocks), or all of them.
 
     python -m experiments.gradient_flow
     python -m experiments.gradient_flow --length=300 --scale=2 --hidden_size=128 --batch_size=32
+    python -m experiments.gradient_flow --user_module=my_cells.py --models=lstm,indrnn
 
-Writes to --workdir: gradient_flow.png, profiles.json, profiles.csv,
+Writes to --workdir: config.json, gradient_flow.png, profiles.json, profiles.csv,
 clipping.json, clipping.png, results.md.
 """
 
@@ -23,41 +29,56 @@ import dataclasses
 import functools
 import json
 import pathlib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import common  # noqa: F401 -- defines the shared flags used here
-from seqjax import cells, diagnostics, tasks
+from experiments import common, run_config, user_modules
+from seqjax import registry
+from seqjax.analysis import diagnostics
+from seqjax.data import tasks
 from seqjax.models import SequenceModel
-from seqjax.train import TrainConfig, train
-from seqjax.transformer import Transformer
+from seqjax.training import TrainConfig, train
 
-# --hidden_size, --batch_size and --workdir are the experiments' shared flags (experiments.common).
+# --models, --hidden_size, --batch_size, --num_heads, --positional and --workdir are
+# the experiments' shared flags (experiments.common).
 flags.DEFINE_integer("length", 100, "Sequence length T; the loss reads the last step.")
 flags.DEFINE_float("scale", 3.0, "Factor on the recurrent weights of the 'scaled' initialisation.")
 flags.DEFINE_integer("clip_steps", 300, "Steps of the clipping comparison (a multiple of 10).")
 flags.DEFINE_list("inits", ["default", "orthogonal", "scaled"], "Initialisations to profile.")
 FLAGS = flags.FLAGS
 INITS = ("default", "orthogonal", "scaled")
-
+MODELS = ("rnn", "rnn:nonlinearity=relu", "lstm", "gru", "transformer")  # unless --models is given
 INPUT_SIZE = 8
-CELLS = {
-    "rnn_tanh": lambda h, init: cells.rnn(h, "tanh", recurrent_init=init),
-    "rnn_relu": lambda h, init: cells.rnn(h, "relu", recurrent_init=init),
-    "lstm": lambda h, init: cells.lstm(h, recurrent_init=init),
-    "gru": lambda h, init: cells.gru(h, recurrent_init=init),
-}
+BACKBONE_LAYERS = 2  # a backbone family is profiled two layers deep, as attention needs
 
 
-def measure_cell(name: str, init: str, length: int, hidden: int, batch: int, scale: float) -> dict:
-    """Gradient profile and Jacobian spectrum of one cell and initialisation."""
-    cell = CELLS[name](hidden, "orthogonal" if init == "orthogonal" else "uniform")
+def scale_recurrence(module: Any, params: dict[str, Any], factor: float) -> dict[str, Any]:
+    """`params` of a cell or backbone with the ones named by its `recurrent_params`
+    (every one if it names none) multiplied by `factor`."""
+    names = getattr(module, "recurrent_params", tuple(params))
+    return {k: jax.tree.map(lambda w: factor * w, v) if k in names else v for k, v in params.items()}
+
+
+def _options(settings: common.Settings, spec: str, init: str) -> dict[str, Any] | None:
+    """The family's options for `init`, or None if the family cannot take that init."""
+    name, options = common.model_options(settings, spec)
+    if init == "orthogonal":
+        if not registry.get(name).accepts("recurrent_init"):
+            return None
+        options["recurrent_init"] = "orthogonal"
+    return options
+
+
+def measure_cell(cell: Any, init: str, length: int, batch: int, scale: float) -> dict:
+    """State-gradient profile and Jacobian spectrum of one cell and initialisation."""
+    hidden = cell.hidden_size
     params = cell.init(jax.random.key(0), INPUT_SIZE)
     if init == "scaled":
-        params["w_hh"] = scale * params["w_hh"]
+        params = scale_recurrence(cell, params, scale)
     xs = jax.random.normal(jax.random.key(1), (length, batch, INPUT_SIZE))  # [t, b, d]
     readout = jax.random.normal(jax.random.key(2), (hidden,)) / np.sqrt(hidden)
     _, grads = jax.jit(
@@ -73,17 +94,16 @@ def measure_cell(name: str, init: str, length: int, hidden: int, batch: int, sca
     }
 
 
-def measure_transformer(init: str, length: int, hidden: int, batch: int, scale: float) -> dict:
-    """Input-gradient profile of a causal Transformer (it has no recurrent Jacobian)."""
-    model = Transformer(hidden, 4, 2, input_size=INPUT_SIZE, positional="rope")
-    params = model.init(jax.random.key(0))
-    if init == "scaled":  # every attention and MLP weight scaled, the analogue of w_hh
-        params["blocks"] = jax.tree.map(lambda w: scale * w, params["blocks"])
+def measure_backbone(backbone: Any, init: str, length: int, hidden: int, batch: int, scale: float) -> dict:
+    """Input-gradient profile of a backbone family (it has no cell to take a Jacobian of)."""
+    params = backbone.init(jax.random.key(0))
+    if init == "scaled":
+        params = scale_recurrence(backbone, params, scale)
     xs = jax.random.normal(jax.random.key(1), (batch, length, INPUT_SIZE))  # [b, t, d]
     readout = jax.random.normal(jax.random.key(2), (hidden,)) / np.sqrt(hidden)
     grads = jax.jit(
         lambda p, x: diagnostics.input_gradients(
-            functools.partial(model.apply, p), x, lambda y: jnp.mean(y[:, -1] @ readout)
+            lambda inputs: backbone.apply(p, inputs)[0], x, lambda y: jnp.mean(y[:, -1] @ readout)
         )
     )(params, xs)
     return {
@@ -93,12 +113,26 @@ def measure_transformer(init: str, length: int, hidden: int, batch: int, scale: 
     }
 
 
+def measure(settings: common.Settings, spec: str, init: str, length: int, scale: float) -> dict | None:
+    """The profile of model `spec` at `init`, or None where the family has no such init."""
+    options = _options(settings, spec, init)
+    if options is None:
+        return None
+    family, hidden = registry.get(common.parse_model(spec)[0]), settings.hidden_size
+    if family.make_cell is not None:
+        return measure_cell(family.make_cell(hidden, **options), init, length, settings.batch_size, scale)
+    backbone = family.make_backbone(hidden, BACKBONE_LAYERS, input_size=INPUT_SIZE, dropout=0.0, **options)
+    return measure_backbone(backbone, init, length, hidden, settings.batch_size, scale)
+
+
 def clipping_run(workdir: pathlib.Path, steps: int, scale: float) -> dict:
     """A relu RNN with scaled recurrent weights on the adding problem, with and without clipping."""
     task = tasks.Adding()
     results = {}
     for label, clip in (("no clipping", None), ("clip_by_global_norm(1.0)", 1.0)):
-        rnn = SequenceModel("rnn", output_size=1, hidden_size=32, input_size=2, nonlinearity="relu")
+        rnn = SequenceModel(
+            "rnn", output_size=1, hidden_size=32, input_size=2, options={"nonlinearity": "relu"}
+        )
         model = ScaledInit(rnn, scale)
         config = TrainConfig(
             length=50,
@@ -117,15 +151,16 @@ def clipping_run(workdir: pathlib.Path, steps: int, scale: float) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class ScaledInit:
-    """`model` with its recurrent weights starting `scale` times larger."""
+    """A cell family's `model` with its recurrent weights starting `scale` times larger."""
 
     model: SequenceModel
     scale: float
 
     def init(self, key, dtype=jnp.float32):
         params = self.model.init(key, dtype)
+        cell = self.model.backbone.cell
         params["backbone"] = tuple(
-            tuple({**p, "w_hh": self.scale * p["w_hh"]} for p in layer) for layer in params["backbone"]
+            tuple(scale_recurrence(cell, p, self.scale) for p in layer) for layer in params["backbone"]
         )
         return params
 
@@ -145,14 +180,40 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     workdir = pathlib.Path(FLAGS.workdir or "runs/gradient_flow")
     workdir.mkdir(parents=True, exist_ok=True)
-    args = (FLAGS.length, FLAGS.hidden_size, FLAGS.batch_size, FLAGS.scale)
+    models = tuple(FLAGS.models) if FLAGS["models"].present else MODELS
+    settings = common.Settings(
+        models=models,
+        lengths=(FLAGS.length,),
+        seeds=(0,),
+        learning_rates=(1e-3,),
+        steps=FLAGS.clip_steps,
+        batch_size=FLAGS.batch_size,
+        hidden_size=FLAGS.hidden_size,
+        num_heads=FLAGS.num_heads,
+        positional=FLAGS.positional,
+        workdir=str(workdir),
+    )
+    try:  # every model resolves before anything is measured
+        for spec in models:
+            _options(settings, spec, "default")
+    except ValueError as error:
+        raise app.UsageError(f"--models: {error}") from None
+    config = {
+        **dataclasses.asdict(settings),
+        "inits": list(FLAGS.inits),
+        "scale": FLAGS.scale,
+        "clip_steps": FLAGS.clip_steps,
+    }
+    run_config.write(workdir, "gradient_flow", config, [common.parse_model(spec)[0] for spec in models])
     rows = []
     for init in FLAGS.inits:
-        for name in CELLS:
-            rows.append({"model": name, "init": init, **measure_cell(name, init, *args)})
-            logging.info("measured %s / %s", name, init)
-        if init != "orthogonal":
-            rows.append({"model": "transformer", "init": init, **measure_transformer(init, *args)})
+        for spec in models:
+            measured = measure(settings, spec, init, FLAGS.length, FLAGS.scale)
+            if measured is None:
+                logging.info("skipped %s / %s: the family takes no recurrent_init", spec, init)
+                continue
+            rows.append({"model": spec, "init": init, **measured})
+            logging.info("measured %s / %s", spec, init)
     for row in rows:
         norms = row.pop("norms")
         row["decay_rate"] = float(diagnostics.decay_rate(norms))
@@ -217,7 +278,7 @@ def plot_profiles(workdir: pathlib.Path, rows: list[dict]) -> None:
         ax.set_title(f"init: {init}")
         ax.set_xlabel("distance from the loss (steps)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("log10 ||dL/dh_t|| (Transformer: ||dL/dx_t||)")
+    axes[0].set_ylabel("log10 ||dL/ds_t|| (backbones: ||dL/dx_t||)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(workdir / "gradient_flow.png", dpi=100)
@@ -248,4 +309,4 @@ def plot_clipping(workdir: pathlib.Path, clipping: dict) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    user_modules.run(main)

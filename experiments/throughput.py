@@ -1,4 +1,4 @@
-"""Training and inference throughput of seqjax's RNN/LSTM/GRU against its peers.
+"""Training and inference throughput of seqjax's recurrent layers against its peers.
 
     python -m experiments.throughput                                # everything below
     python -m experiments.throughput --cells=lstm --stacks=1 --malloc=tuned --scale_lengths= --scale_batches=
@@ -21,8 +21,12 @@ shows no growth). Achieved GFLOP/s counts the
 matmul FLOPs of `Job.matmul_flops` and is compared with a float32 matmul roofline
 measured by the same kind of worker.
 
-Outputs in --workdir: results.jsonl (one line per job), results.md (the tables
-printed at the end).
+`--cells` takes any registered cell family, a user's too (`--user_module`); the
+peers have only the built-in ones, and GFLOP/s is shown for cells with dense
+gates (their `num_gates`).
+
+Outputs in --workdir: config.json, results.jsonl (one line per job), results.md
+(the tables printed at the end).
 """
 
 from __future__ import annotations
@@ -39,11 +43,13 @@ import time
 import numpy as np
 from absl import app, flags
 
+from experiments import run_config, user_modules
 from experiments.throughput_systems import CELLS, Job, build, systems_for
+from seqjax import registry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["C1=64x256x32x256", "C2=32x512x8x128"], "name=batch x time x input x hidden.")
-flags.DEFINE_list("cells", list(CELLS), "Cells: rnn, lstm, gru.")
+flags.DEFINE_list("cells", list(CELLS), "Registered cell families: rnn, lstm, gru, a user's.")
 flags.DEFINE_list("stacks", ["1", "2bi"], "Layer stacks: <layers>, or <layers>bi for bidirectional.")
 flags.DEFINE_list("modes", ["train", "forward"], "train (forward + gradients) and/or forward.")
 flags.DEFINE_list("systems", None, "Systems to time (default: every one installed); see throughput_systems.")
@@ -141,6 +147,7 @@ def run_worker(jobs: list[dict], repeats: int, threads: int) -> None:
         train, forward, args, is_torch = built
         first, times = _time_calls(train if mode == "train" else forward, args, repeats, is_torch)
         median = float(np.median(times))
+        flops = job.matmul_flops(mode == "train")
         row.update(
             median_ms=1e3 * median,
             min_ms=1e3 * min(times),
@@ -148,7 +155,7 @@ def run_worker(jobs: list[dict], repeats: int, threads: int) -> None:
             compile_s=max(first - median, 0.0),
             peak_mib=max(_rss_peak() - baseline, 0) / 2**20,
             tokens_per_s=job.batch * job.time / median,
-            gflops=job.matmul_flops(mode == "train") / median / 1e9,
+            gflops=None if flops is None else flops / median / 1e9,
         )
         print(json.dumps(row), flush=True)
 
@@ -224,6 +231,7 @@ def _run_workers(jobs: list[dict], malloc: str) -> list[dict]:
                 f"--worker={json.dumps(worker_jobs)}",
                 f"--repeats={FLAGS.repeats}",
                 f"--threads={FLAGS.threads}",
+                *(f"--user_module={spec}" for spec in FLAGS.user_module),
             ],
             env=env,
             capture_output=True,
@@ -238,8 +246,8 @@ def _run_workers(jobs: list[dict], malloc: str) -> list[dict]:
     return rows
 
 
-def _fmt(value: float, digits: int = 1) -> str:
-    return f"{value:.{digits}f}"
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def tables(rows: list[dict]) -> str:
@@ -268,7 +276,7 @@ def tables(rows: list[dict]) -> str:
             f"\n### {config} (b={group[0]['batch']}, t={group[0]['time']}, d={group[0]['input_size']}, "
             f"h={group[0]['hidden_size']}), layers {stack}, {mode}, {malloc} malloc\n\n{header}"
         )
-        for cell in CELLS:
+        for cell in dict.fromkeys(r["cell"] for r in group):
             cell_rows = sorted((r for r in group if r["cell"] == cell), key=lambda r: r["median_ms"])
             peers = [r["median_ms"] for r in cell_rows if not r["system"].startswith("seqjax")]
             best_peer = min(peers) if peers else float("nan")
@@ -281,7 +289,7 @@ def tables(rows: list[dict]) -> str:
                     f"{r['tokens_per_s']:.3g}",
                     f"{best_peer / r['median_ms']:.2f}x",
                     _fmt(r["gflops"]),
-                    _fmt(100 * r["gflops"] / roof[malloc], 0),
+                    _fmt(r["gflops"] and 100 * r["gflops"] / roof[malloc], 0),
                     _fmt(r["compile_s"], 2),
                     _fmt(r["peak_mib"], 0) if malloc == "default" else "-",
                 ]
@@ -315,8 +323,17 @@ def main(argv) -> None:
         return
     import jax
 
+    for cell in (*FLAGS.cells, FLAGS.scale_cell):
+        family = registry.get(cell) if cell in registry.names() else None
+        if family is None or family.make_cell is None:
+            cell_families = [n for n in registry.names() if registry.get(n).make_cell is not None]
+            raise app.UsageError(
+                f"--cells: {cell!r} is not a registered cell family: {', '.join(cell_families)}"
+            )
     workdir = pathlib.Path(FLAGS.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    settings = {flag.name: flag.value for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+    run_config.write(workdir, "throughput", settings, (*FLAGS.cells, FLAGS.scale_cell))
     jobs = _jobs()
     rows = []
     for malloc in FLAGS.malloc:
@@ -331,4 +348,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    user_modules.run(main)

@@ -3,9 +3,11 @@
 Each builder takes a `Job` and returns `(train_step, forward, args)`: two
 functions of `*args` (JAX functions are jitted, PyTorch's are plain calls) that
 run a training step (forward, the loss `mean(outputs ** 2)`, gradients with
-respect to every parameter) and inference. Peers are optional imports
-(`pip install -e .[bench]`); a builder raises ImportError when its library is
-missing and `None` is returned for cells a library does not have.
+respect to every parameter) and inference. seqjax runs any registered cell
+family (`seqjax.registry`), a user's too; the peers have their own versions of
+the built-in ones (`PEER_CELLS`). Peers are optional imports (`pip install -e
+.[bench]`); a builder raises ImportError when its library is missing and `None`
+is returned for cells a system does not have.
 
 Inputs are `[batch, time, input]` for every system; each one is given its
 natural layout (seqjax and PyTorch run time-major internally, as their layers do).
@@ -21,7 +23,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CELLS = ("rnn", "lstm", "gru")
+from seqjax import registry
+from seqjax.models import Recurrent
+
+CELLS = ("rnn", "lstm", "gru")  # the families every peer has
+
+# Each peer library's class for the built-in families (Equinox has no vanilla RNN).
+PEER_CELLS = {
+    "flax": {"rnn": ("SimpleCell",), "lstm": ("LSTMCell", "OptimizedLSTMCell"), "gru": ("GRUCell",)},
+    "equinox": {"lstm": "LSTMCell", "gru": "GRUCell"},
+    "haiku": {"rnn": "VanillaRNN", "lstm": "LSTM", "gru": "GRU"},
+    "torch": {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,23 +54,27 @@ class Job:
     num_layers: int = 1
     bidirectional: bool = False
 
-    @property
-    def num_gates(self) -> int:
-        return {"rnn": 1, "lstm": 4, "gru": 3}[self.cell]
+    def make_cell(self) -> Any:
+        """The registered family's cell at this job's hidden size."""
+        return registry.get(self.cell).make_cell(self.hidden_size)
 
-    def matmul_flops(self, train: bool) -> float:
-        """FLOPs of the matmuls, the only O(h^2) work (elementwise work is ignored).
+    def matmul_flops(self, train: bool) -> float | None:
+        """FLOPs of the matmuls, the only O(h^2) work (elementwise work is ignored),
+        for a cell with g dense gates (its `num_gates`; None for other cells).
 
         Forward, per layer and direction: 2*b*t*g*h*(d_l + h), d_l its input size.
         Training adds the state gradient (2*b*t*g*h*h), the input gradient for
         layers after the first (2*b*t*g*h*d_l) and the weight gradients
         (2*b*t*g*h*(d_l + h)).
         """
+        num_gates = getattr(self.make_cell(), "num_gates", None)
+        if num_gates is None:
+            return None
         n = 2 if self.bidirectional else 1
         total = 0.0
         for layer in range(self.num_layers):
             d = self.input_size if layer == 0 else n * self.hidden_size
-            unit = 2.0 * self.batch * self.time * self.num_gates * self.hidden_size
+            unit = 2.0 * self.batch * self.time * num_gates * self.hidden_size
             forward = unit * (d + self.hidden_size)
             backward = unit * self.hidden_size + unit * (d + self.hidden_size) + (unit * d if layer else 0)
             total += n * (forward + (backward if train else 0.0))
@@ -101,18 +118,20 @@ def _stack(job: Job, one_direction: Callable[[Any, jax.Array], jax.Array], init:
 
 
 def seqjax_system(job: Job, cpu_kernel: bool | None = None, custom_backward: bool | None = None):
-    from seqjax import layers
-
-    cls = {"rnn": layers.RNN, "lstm": layers.LSTM, "gru": layers.GRU}[job.cell]
-    layer = cls(
-        job.input_size,
-        job.hidden_size,
-        job.num_layers,
-        bidirectional=job.bidirectional,
-        batch_first=True,
-        cpu_kernel=cpu_kernel,
-        custom_backward=custom_backward,
-    )
+    """seqjax's `Recurrent` over the family's cell; None where the cell lacks the
+    capability a forced path needs (the hand-written backward pass)."""
+    try:
+        layer = Recurrent(
+            job.make_cell(),
+            job.input_size,
+            job.num_layers,
+            bidirectional=job.bidirectional,
+            batch_first=True,
+            cpu_kernel=cpu_kernel,
+            custom_backward=custom_backward,
+        )
+    except ValueError:
+        return None
     return _jax_steps(lambda p, xs: layer.apply(p, xs)[0], layer.init(jax.random.key(0)), job)
 
 
@@ -163,9 +182,10 @@ def flax_nnx_system(job: Job, cell_name: str):
 def equinox_system(job: Job):
     import equinox as eqx
 
-    cell_cls = {"lstm": eqx.nn.LSTMCell, "gru": eqx.nn.GRUCell}.get(job.cell)
-    if cell_cls is None:
-        return None  # Equinox has no vanilla RNN cell.
+    name = PEER_CELLS["equinox"].get(job.cell)
+    if name is None:
+        return None
+    cell_cls = getattr(eqx.nn, name)
 
     def init(key, d):
         return eqx.filter(cell_cls(d, job.hidden_size, key=key), eqx.is_array)
@@ -192,7 +212,7 @@ def equinox_system(job: Job):
 def haiku_system(job: Job):
     import haiku as hk
 
-    core_cls = {"rnn": hk.VanillaRNN, "lstm": hk.LSTM, "gru": hk.GRU}[job.cell]
+    core_cls = getattr(hk, PEER_CELLS["haiku"][job.cell])
 
     def one_direction_fn(xs):
         core = core_cls(job.hidden_size)
@@ -211,7 +231,7 @@ def torch_system(job: Job, threads: int):
     import torch
 
     torch.set_num_threads(threads)
-    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[job.cell]
+    cls = getattr(torch.nn, PEER_CELLS["torch"][job.cell])
     torch.manual_seed(0)
     model = cls(
         job.input_size, job.hidden_size, job.num_layers, bidirectional=job.bidirectional, batch_first=True
@@ -231,20 +251,15 @@ def torch_system(job: Job, threads: int):
     return train, forward, (xs,)
 
 
-def _flax_cells(cell: str) -> list[str]:
-    return {"rnn": ["SimpleCell"], "lstm": ["LSTMCell", "OptimizedLSTMCell"], "gru": ["GRUCell"]}[cell]
-
-
 def systems_for(cell: str) -> list[str]:
-    """Names of every system that can run `cell`: seqjax as configured by default
-    (on CPU, the fused kernel), seqjax's `lax.scan` with its hand-written backward
-    pass and with JAX's differentiation of the scan (the measurements behind the
-    defaults), then the peers."""
+    """Names of every system that can run the family `cell`: seqjax as configured
+    by default (on CPU, the fused kernel where the cell has one), seqjax's
+    `lax.scan` with its hand-written backward pass and with JAX's differentiation
+    of the scan (the measurements behind the defaults), then the peers that have it."""
     names = ["seqjax", "seqjax_scan", "seqjax_autodiff"]
-    names += [f"flax_linen_{c}" for c in _flax_cells(cell)]
-    names += [f"flax_nnx_{c}" for c in _flax_cells(cell)]
-    names += (["equinox"] if cell != "rnn" else []) + ["haiku", "torch"]
-    return names
+    flax_cells = PEER_CELLS["flax"].get(cell, ())
+    names += [f"flax_linen_{c}" for c in flax_cells] + [f"flax_nnx_{c}" for c in flax_cells]
+    return names + [peer for peer in ("equinox", "haiku", "torch") if cell in PEER_CELLS[peer]]
 
 
 def build(job: Job, threads: int):

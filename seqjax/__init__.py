@@ -1,29 +1,85 @@
-"""seqjax: recurrent networks and Transformers on long-range dependency tasks, in JAX.
+"""seqjax: recurrent networks, parallel recurrences and Transformers on long-range tasks, in JAX.
 
 Shape vocabulary, used in every docstring:
   b: batch, t: time, d: input features, h: hidden size, g: number of gates,
-  L: number of layers, n: number of directions (2 if bidirectional).
+  L: number of layers, n: number of directions (2 if bidirectional), o: outputs.
 
-Modules:
-  cells:          pure RNN/LSTM/GRU cells (`init`, `initial_carry`, `project`, `step`).
-  scan:           running a cell over time with `lax.scan`, with per-example lengths;
-                  `scan_cell`, the layers' path, with a hand-written backward pass.
-  layers:         `RNN`, `LSTM`, `GRU`: deep, bidirectional, PyTorch's arguments.
-  torch_weights:  exact conversion to and from PyTorch state_dicts.
-  linen:          Flax linen wrappers of the cells and layers.
-  nnx:            a Flax NNX wrapper of the layers.
-  transformer:    a small pre-LayerNorm Transformer with a KV cache for decoding.
-  models:         task models (input encoding, backbone, readout); `count_params`.
-  tasks:          long-range dependency tasks generated in JAX.
-  train:          vmapped training over seeds and learning rates, checkpoints, metrics.
-  distributed:    device meshes (runs x data parallel) and multi-process jobs.
-  diagnostics:    gradient-flow profiles and recurrent Jacobian spectra.
+Packages, from the bottom up:
+  registry:     the model families every tool can name (`register_cell`, `register_backbone`).
+  recurrences:  the cell protocol and its capabilities (`protocol`), the built-in cells
+                (`cells`), and what runs a cell over time (`scan`, `cpu_kernel`, `paths`).
+  models:       `Recurrent` layers over any cell and PyTorch's `RNN`/`LSTM`/`GRU`
+                (`layers`), the `Transformer`, and `SequenceModel` over any family.
+  data:         long-range dependency tasks generated in JAX (`tasks`).
+  training:     vmapped training over seeds and learning rates, checkpoints, meshes.
+  analysis:     gradient-flow diagnostics (`diagnostics`).
+  interop:      PyTorch state_dicts (`torch_weights`), Flax linen and NNX wrappers.
+
+The flat module paths of seqjax 0.1 (`seqjax.train`, `seqjax.tasks`, `seqjax.linen`,
+...) still import, as the modules of their new homes.
 """
 
-from seqjax import cells, scan
-from seqjax.cells import LSTMState
-from seqjax.layers import GRU, LSTM, RNN
-from seqjax.models import SequenceModel, count_params
-from seqjax.transformer import Transformer
+import importlib
+import importlib.abc
+import importlib.util
+import sys
 
-__all__ = ["GRU", "LSTM", "RNN", "LSTMState", "SequenceModel", "Transformer", "cells", "count_params", "scan"]
+from seqjax import registry
+from seqjax.models import GRU, LSTM, RNN, Recurrent, SequenceModel, Transformer, count_params
+from seqjax.recurrences import cells, scan
+from seqjax.recurrences.cells import LSTMState
+from seqjax.registry import register_backbone, register_cell
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "LSTMState",
+    "Recurrent",
+    "SequenceModel",
+    "Transformer",
+    "cells",
+    "count_params",
+    "register_backbone",
+    "register_cell",
+    "registry",
+    "scan",
+]
+
+_MOVED = {
+    "seqjax.cells": "seqjax.recurrences.cells",
+    "seqjax.scan": "seqjax.recurrences.scan",
+    "seqjax.cpu_kernel": "seqjax.recurrences.cpu_kernel",
+    "seqjax.layers": "seqjax.models.layers",
+    "seqjax.transformer": "seqjax.models.transformer",
+    "seqjax.tasks": "seqjax.data.tasks",
+    "seqjax.train": "seqjax.training",
+    "seqjax.distributed": "seqjax.training.distributed",
+    "seqjax.diagnostics": "seqjax.analysis.diagnostics",
+    "seqjax.torch_weights": "seqjax.interop.torch_weights",
+    "seqjax.linen": "seqjax.interop.linen",
+    "seqjax.nnx": "seqjax.interop.nnx",
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports a 0.1 module path as the module at its new home (loaded on first use)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        return importlib.util.spec_from_loader(fullname, self) if fullname in _MOVED else None
+
+    def create_module(self, spec):
+        return importlib.import_module(_MOVED[spec.name])
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.append(_MovedModules())
+
+
+def __getattr__(name: str):
+    # `seqjax.tasks` without an import statement, as for the modules imported above.
+    if f"seqjax.{name}" in _MOVED:
+        return importlib.import_module(f"seqjax.{name}")
+    raise AttributeError(f"module 'seqjax' has no attribute {name!r}")

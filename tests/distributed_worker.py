@@ -23,9 +23,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from seqjax import distributed, tasks
+from seqjax.data import tasks
 from seqjax.models import SequenceModel
-from seqjax.train import TrainConfig, train
+from seqjax.training import TrainConfig, distributed, train
 
 TASK = tasks.Copy(memory=3, alphabet=4)
 MODEL = SequenceModel("lstm", output_size=TASK.output_size, hidden_size=16, vocab_size=TASK.vocab_size)

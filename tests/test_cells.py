@@ -6,15 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import cells
+from seqjax.recurrences import cells
 from tests.helpers import check_grads_by_finite_differences, numpy_step
 
 B, D, H = 3, 4, 5
 CELLS = {
-    "rnn_tanh": lambda **kw: cells.rnn(H, "tanh", **kw),
-    "rnn_relu": lambda **kw: cells.rnn(H, "relu", **kw),
-    "lstm": lambda **kw: cells.lstm(H, **kw),
-    "gru": lambda **kw: cells.gru(H, **kw),
+    "rnn_tanh": lambda **kw: cells.RNNCell(H, "tanh", **kw),
+    "rnn_relu": lambda **kw: cells.RNNCell(H, "relu", **kw),
+    "lstm": lambda **kw: cells.LSTMCell(H, **kw),
+    "gru": lambda **kw: cells.GRUCell(H, **kw),
 }
 
 
@@ -28,7 +28,7 @@ def test_step_matches_numpy(mode, bias, key):
     x = jax.random.normal(kx, (B, D))
     h = jax.random.normal(kh, (B, H))
     carry = cells.LSTMState(h, jax.random.normal(kc, (B, H))) if mode == "lstm" else h
-    new_carry, y = jax.jit(cell.apply)(params, carry, x)
+    new_carry, y = jax.jit(cell.step)(params, carry, x)
     ref_carry, ref_y = numpy_step(mode, params, jax.tree.map(np.asarray, carry), np.asarray(x, np.float64))
     np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(new_carry), jax.tree.leaves(ref_carry), strict=True):
@@ -76,7 +76,7 @@ def test_matches_flax_cells_over_a_sequence(mode, make_flax, key):
     variables = {"params": flax_params(mode, params)}
     ours, theirs = cell.initial_carry((B,)), flax_cell.initialize_carry(key, (B, D))
     for x in xs:  # a plain loop: the reference runs step by step
-        ours, y = cell.apply(params, ours, x)
+        ours, y = cell.step(params, ours, x)
         theirs, y_ref = flax_cell.apply(variables, theirs, x)
         np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
     if mode == "lstm":  # Flax orders the LSTM carry (c, h)
@@ -94,7 +94,7 @@ def test_gradients_match_finite_differences(mode, key):
             carry = cell.initial_carry((B,), jnp.float64)
             total = 0.0
             for x in xs:
-                carry, y = cell.apply(params, carry, x)
+                carry, y = cell.step(params, carry, x)
                 total = total + jnp.sum(jnp.sin(y))
             return total
 
@@ -106,21 +106,21 @@ def test_gradients_match_finite_differences(mode, key):
 def test_dtypes_flow_through(mode, dtype, key):
     cell = CELLS[mode]()
     params = cell.init(key, D, dtype)
-    carry, y = jax.jit(cell.apply)(params, cell.initial_carry((B,), dtype), jnp.ones((B, D), dtype))
+    carry, y = jax.jit(cell.step)(params, cell.initial_carry((B,), dtype), jnp.ones((B, D), dtype))
     assert y.dtype == dtype
     assert all(leaf.dtype == dtype for leaf in jax.tree.leaves((params, carry)))
 
 
 def test_float64_flows_through(key):
-    cell = cells.lstm(H)
+    cell = cells.LSTMCell(H)
     with jax.enable_x64(True):
         params = cell.init(key, D, jnp.float64)
-        _, y = cell.apply(params, cell.initial_carry((B,), jnp.float64), jnp.ones((B, D), jnp.float64))
+        _, y = cell.step(params, cell.initial_carry((B,), jnp.float64), jnp.ones((B, D), jnp.float64))
         assert y.dtype == jnp.float64
 
 
 def test_default_init_is_pytorch_uniform(key):
-    params = cells.lstm(64).init(key, 32)
+    params = cells.LSTMCell(64).init(key, 32)
     bound = 1 / np.sqrt(64)
     for name, shape in [("w_ih", (32, 256)), ("w_hh", (64, 256)), ("b_ih", (256,)), ("b_hh", (256,))]:
         w = np.asarray(params[name])
@@ -131,7 +131,7 @@ def test_default_init_is_pytorch_uniform(key):
 
 
 def test_orthogonal_recurrent_init_and_forget_bias(key):
-    params = cells.lstm(8, recurrent_init="orthogonal", forget_bias=1.0).init(key, 3)
+    params = cells.LSTMCell(8, recurrent_init="orthogonal", forget_bias=1.0).init(key, 3)
     blocks = np.split(np.asarray(params["w_hh"]), 4, axis=1)
     for block in blocks:
         np.testing.assert_allclose(block.T @ block, np.eye(8), atol=1e-5)
@@ -141,12 +141,12 @@ def test_orthogonal_recurrent_init_and_forget_bias(key):
 
 
 def test_vmap_over_parameter_sets(key):
-    cell = cells.gru(H)
+    cell = cells.GRUCell(H)
     params = jax.vmap(lambda k: cell.init(k, D))(jax.random.split(key, 3))
     x = jnp.ones((B, D))
-    _, ys = jax.vmap(cell.apply, in_axes=(0, None, None))(params, cell.initial_carry((B,)), x)
+    _, ys = jax.vmap(cell.step, in_axes=(0, None, None))(params, cell.initial_carry((B,)), x)
     for i in range(3):
-        _, y = cell.apply(jax.tree.map(lambda p, i=i: p[i], params), cell.initial_carry((B,)), x)
+        _, y = cell.step(jax.tree.map(lambda p, i=i: p[i], params), cell.initial_carry((B,)), x)
         np.testing.assert_allclose(ys[i], y, rtol=1e-6)
 
 
@@ -154,12 +154,12 @@ def test_bad_options_raise():
     with pytest.raises(
         ValueError, match="nonlinearity must be one of 'tanh', 'relu', 'identity'; got 'sigmoid'"
     ):
-        cells.rnn(4, "sigmoid")
+        cells.RNNCell(4, "sigmoid")
     with pytest.raises(ValueError, match="recurrent_init must be one of"):
-        cells.gru(4, recurrent_init="glorot")
+        cells.GRUCell(4, recurrent_init="glorot")
     with pytest.raises(ValueError, match="hidden_size must be a positive int"):
-        cells.lstm(0)
+        cells.LSTMCell(0)
     with pytest.raises(ValueError, match="input_size must be a positive int"):
-        cells.lstm(4).init(jax.random.key(0), -1)
+        cells.LSTMCell(4).init(jax.random.key(0), -1)
     with pytest.raises(ValueError, match="forget_bias needs bias=True"):
-        cells.lstm(4, bias=False, forget_bias=1.0)
+        cells.LSTMCell(4, bias=False, forget_bias=1.0)

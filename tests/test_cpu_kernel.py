@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import cells, cpu_kernel, layers, scan
+from seqjax.models import layers
+from seqjax.recurrences import cells, cpu_kernel, scan
 
 # h = 21 and 40: a partial 16-unit chunk, and chunks split between threads;
 # b = 9: row tiles of 6 and 3.
@@ -13,13 +14,19 @@ T, B, D = 7, 9, 3
 LENGTHS = np.array([7, 3, 1, 0, 7, 5, 2, 6, 4])
 
 CELLS = {
-    "rnn_tanh": lambda h: cells.rnn(h),
-    "rnn_relu_nobias": lambda h: cells.rnn(h, "relu", bias=False),
-    "rnn_identity": lambda h: cells.rnn(h, "identity"),
-    "lstm": lambda h: cells.lstm(h),
-    "lstm_nobias": lambda h: cells.lstm(h, bias=False),
-    "gru": lambda h: cells.gru(h),
+    "rnn_tanh": lambda h: cells.RNNCell(h),
+    "rnn_relu_nobias": lambda h: cells.RNNCell(h, "relu", bias=False),
+    "rnn_identity": lambda h: cells.RNNCell(h, "identity"),
+    "lstm": lambda h: cells.LSTMCell(h),
+    "lstm_nobias": lambda h: cells.LSTMCell(h, bias=False),
+    "gru": lambda h: cells.GRUCell(h),
 }
+
+
+class _NoKernelLSTM(cells.LSTMCell):
+    """An LSTM cell that declares no fused loop (as a subclass that changes the maths must)."""
+
+    kernel = None
 
 
 def _problem(name, hidden, t=T, b=B, d=D):
@@ -57,7 +64,7 @@ def _check_against_float64_autodiff(problem, lengths, reverse, run=cpu_kernel.sc
     as64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)  # noqa: E731
 
     def reference(cell, params, carry, xs, *, lengths, reverse):
-        return scan.scan(cell.apply, params, carry, xs, lengths=lengths, reverse=reverse)
+        return scan.scan(cell.step, params, carry, xs, lengths=lengths, reverse=reverse)
 
     loss = _loss(run, cell, w_ys, lengths, reverse)
     value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, carry, xs)
@@ -112,7 +119,7 @@ def test_outputs_and_final_state_match_float64():
     with jax.enable_x64():
         as64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)  # noqa: E731
         ref_final, ref_ys = scan.scan(
-            cell.apply, as64(params), as64(carry), as64(xs), lengths=LENGTHS, reverse=True
+            cell.step, as64(params), as64(carry), as64(xs), lengths=LENGTHS, reverse=True
         )
     np.testing.assert_allclose(ys, ref_ys, atol=3e-7)
     for got, want in zip(final, ref_final, strict=True):
@@ -134,7 +141,7 @@ def test_thread_count_does_not_change_results(monkeypatch):
 
 @pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler")
 def test_vmap_equals_each_problem_alone():
-    cell = cells.lstm(21)
+    cell = cells.LSTMCell(21)
     params = jax.vmap(lambda k: cell.init(k, D))(jax.random.split(jax.random.key(0), 3))
     xs = jax.random.normal(jax.random.key(1), (3, T, B, D))
     carry = cell.initial_carry((B,))
@@ -165,10 +172,10 @@ def test_layers_default_to_the_kernel_unless_switched_off(monkeypatch):
 
 def test_layers_use_the_kernel_only_where_it_applies():
     x32 = jnp.ones((4, 2, 3))
-    assert cpu_kernel.supports(cells.lstm(5), {"w": x32}, x32)
+    assert cpu_kernel.supports(cells.LSTMCell(5), {"w": x32}, x32)
     with jax.enable_x64():
-        assert not cpu_kernel.supports(cells.lstm(5), x32.astype(jnp.float64))
-    custom = cells.lstm(5)._replace(kernel=None)
+        assert not cpu_kernel.supports(cells.LSTMCell(5), x32.astype(jnp.float64))
+    custom = _NoKernelLSTM(5)
     assert not cpu_kernel.supports(custom, x32)
     # float64 layers fall back to the scan (which the kernel cannot run) and still work.
     with jax.enable_x64():
@@ -180,7 +187,7 @@ def test_layers_use_the_kernel_only_where_it_applies():
 
 @pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler")
 def test_bad_input_raises():
-    cell = cells.lstm(5)
+    cell = cells.LSTMCell(5)
     params = cell.init(jax.random.key(0), 3)
     carry = cell.initial_carry((2,))
     xs = jnp.ones((4, 2, 3))

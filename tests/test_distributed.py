@@ -17,8 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from seqjax import distributed
-from seqjax.train import train
+from seqjax.training import distributed, train
 from tests import distributed_worker as worker
 
 TIMEOUT_S = 240

@@ -81,7 +81,11 @@ def test_bad_flags_are_reported_before_compiling():
     experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
     flags.FLAGS(["prog"])
     for overrides, message in [
-        (dict(models=["lstm", "mamba"]), "unknown model 'mamba'"),
+        (dict(models=["lstm", "mamba"]), "--models: unknown model family 'mamba'; registered: rnn, lstm"),
+        (dict(models=["lstm:forgetbias=0"]), "--models: family 'lstm' takes no option 'forgetbias'"),
+        (dict(models=["lstm:forget_bias"]), "options follow the family as key=value"),
+        (dict(models=["gru", "gru"]), "--models lists a model twice"),
+        (dict(match_params=True, match_reference="mamba"), "--match_reference: unknown model family"),
         (dict(lengths=["10", "x"]), "--lengths must be a comma list of ints"),
         (dict(lengths=["0"]), "length of the copy task must be an int >= 1"),
         (dict(eval_every=7), "eval_every=7 must be a multiple of log_every=50"),
@@ -98,13 +102,13 @@ def test_gradient_flow_experiment(tmp_path, capsys):
     with flagsaver.flagsaver(**small, workdir=str(tmp_path)):
         gradient_flow.main(["prog"])
     rows = json.loads((tmp_path / "profiles.json").read_text())
-    assert {(r["model"], r["init"]) for r in rows} >= {("rnn_tanh", "scaled"), ("transformer", "default")}
+    assert {(r["model"], r["init"]) for r in rows} >= {("rnn", "scaled"), ("transformer", "default")}
     assert all(len(r["profile"]) == 6 for r in rows)
     assert set(json.loads((tmp_path / "clipping.json").read_text())) == {
         "no clipping",
         "clip_by_global_norm(1.0)",
     }
-    assert "| rnn_relu | scaled |" in capsys.readouterr().out
+    assert "| rnn:nonlinearity=relu | scaled |" in capsys.readouterr().out
     for image in ("gradient_flow.png", "clipping.png"):
         assert (tmp_path / image).read_bytes()[:4] == b"\x89PNG"
 

@@ -151,7 +151,9 @@ def test_bad_input_raises(key):
         layer.apply(params, xs, lengths=jnp.array([1, 2]))
     with pytest.raises(ValueError, match=r"initial_state must have shape .*\(2, 4, 5\); got \(1, 4, 5\)"):
         layer.apply(params, xs, (jnp.zeros((1, B, H)), jnp.zeros((1, B, H))))
-    with pytest.raises(ValueError, match=r"initial_state of an LSTM must be a pair"):
+    with pytest.raises(
+        ValueError, match=r"initial_state must be LSTMState of 2 array\(s\).*a pair \(h0, c0\)"
+    ):
         layer.apply(params, xs, jnp.zeros((2, B, H)))
     with pytest.raises(ValueError, match="params must hold 2 layers"):
         layer.apply(params[:1], xs)

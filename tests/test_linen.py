@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import seqjax
-from seqjax import linen
+from seqjax.interop import linen
 
 T, B, D, H = 6, 3, 4, 5
 
@@ -52,7 +52,7 @@ def test_recurrent_module_equals_layer_and_uses_dropout_stream(key):
 def test_nnx_module_equals_layer_and_differentiates(key):
     from flax import nnx
 
-    from seqjax.nnx import Recurrent
+    from seqjax.interop.nnx import Recurrent
 
     layer = seqjax.GRU(D, H, num_layers=2, batch_first=True)
     module = Recurrent(layer, rngs=nnx.Rngs(0))

@@ -12,7 +12,8 @@ V, O, H = 6, 5, 8
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru", "transformer"])
 def test_same_interface_and_param_counts(kind, key):
-    model = SequenceModel(kind, output_size=O, hidden_size=H, vocab_size=V, num_layers=2, num_heads=2)
+    options = {"num_heads": 2} if kind == "transformer" else {}
+    model = SequenceModel(kind, output_size=O, hidden_size=H, vocab_size=V, num_layers=2, options=options)
     params = model.init(key)
     x = jax.random.randint(jax.random.key(1), (3, 7), 0, V)
     out = model.apply(params, x, lengths=jnp.array([7, 4, 2]))
@@ -36,5 +37,11 @@ def test_feature_inputs_and_recurrent_one_hot_equals_features(key):
     np.testing.assert_allclose(
         tokens.apply(params, x), features.apply(params, jax.nn.one_hot(x, V)), rtol=1e-6, atol=1e-6
     )
-    with pytest.raises(ValueError, match="kind must be one of"):
+    with pytest.raises(
+        ValueError, match="unknown model family 'mamba'; registered: rnn, lstm, gru, transformer"
+    ):
         SequenceModel("mamba", output_size=O, hidden_size=H, vocab_size=V)
+    with pytest.raises(
+        ValueError, match="family 'lstm' takes no option 'num_heads'; its options are .*forget_bias"
+    ):
+        SequenceModel("lstm", output_size=O, hidden_size=H, vocab_size=V, options={"num_heads": 2})

@@ -5,14 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import cells, scan
+from seqjax.recurrences import cells, scan
 
 T, B, D, H = 6, 4, 3, 5
 
 
 @pytest.fixture(scope="module")
 def setup():
-    cell = cells.lstm(H)
+    cell = cells.LSTMCell(H)
     params = cell.init(jax.random.key(0), D)
     xs = jax.random.normal(jax.random.key(1), (T, B, D))
     return cell, params, xs
@@ -26,7 +26,7 @@ def loop_reference(cell, params, xs, lengths, reverse):
         carry = cell.initial_carry((1,))
         steps = range(int(lengths[b]))
         for t in reversed(steps) if reverse else steps:
-            carry, y = cell.apply(params, carry, xs[t, b : b + 1])
+            carry, y = cell.step(params, carry, xs[t, b : b + 1])
             ys[t, b] = y[0]
         finals.append(carry)
     return jax.tree.map(lambda *c: jnp.concatenate(c), *finals), ys
@@ -39,7 +39,7 @@ def test_scan_with_lengths_equals_loop(setup, reverse, unroll):
     lengths = jnp.array([6, 3, 1, 0])
     run = jax.jit(
         lambda p, x, n: scan.scan(
-            cell.apply, p, cell.initial_carry((B,)), x, lengths=n, reverse=reverse, unroll=unroll
+            cell.step, p, cell.initial_carry((B,)), x, lengths=n, reverse=reverse, unroll=unroll
         )
     )
     carry, ys = run(params, xs, lengths)
@@ -54,8 +54,8 @@ def test_scan_without_lengths_equals_full_lengths(setup, reverse):
     cell, params, xs = setup
     carry0 = cell.initial_carry((B,))
     full = jnp.full((B,), T)
-    a = scan.scan(cell.apply, params, carry0, xs, reverse=reverse)
-    b = scan.scan(cell.apply, params, carry0, xs, lengths=full, reverse=reverse)
+    a = scan.scan(cell.step, params, carry0, xs, reverse=reverse)
+    b = scan.scan(cell.step, params, carry0, xs, lengths=full, reverse=reverse)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
@@ -63,8 +63,8 @@ def test_scan_without_lengths_equals_full_lengths(setup, reverse):
 def test_projected_step_equals_raw_apply(setup):
     cell, params, xs = setup
     carry0 = cell.initial_carry((B,))
-    _, ys_raw = scan.scan(cell.apply, params, carry0, xs)
-    _, ys_proj = scan.scan(cell.step, params, carry0, cell.project(params, xs))
+    _, ys_raw = scan.scan(cell.step, params, carry0, xs)
+    _, ys_proj = scan.scan(cell.step_projected, params, carry0, cell.project(params, xs))
     np.testing.assert_allclose(ys_proj, ys_raw, rtol=1e-5, atol=1e-6)
 
 
@@ -72,10 +72,10 @@ def test_projected_step_equals_raw_apply(setup):
 @pytest.mark.parametrize(
     "make_cell",
     [
-        lambda: cells.rnn(H),
-        lambda: cells.rnn(H, "relu", bias=False),
-        lambda: cells.lstm(H),
-        lambda: cells.gru(H),
+        lambda: cells.RNNCell(H),
+        lambda: cells.RNNCell(H, "relu", bias=False),
+        lambda: cells.LSTMCell(H),
+        lambda: cells.GRUCell(H),
     ],
     ids=["rnn_tanh", "rnn_relu_nobias", "lstm", "gru"],
 )
@@ -99,7 +99,7 @@ def test_scan_cell_values_and_gradients_match_autodiff(make_cell, hoist):
                         cell, params, carry0, xs, lengths=lengths, reverse=reverse, hoist=hoist
                     )
                 else:
-                    carry, ys = scan.scan(cell.apply, params, carry0, xs, lengths=lengths, reverse=reverse)
+                    carry, ys = scan.scan(cell.step, params, carry0, xs, lengths=lengths, reverse=reverse)
                 total += jnp.sum(weights * jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(carry))
             return total
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from seqjax import tasks
+from seqjax.data import tasks
 
 KEY = jax.random.key(0)
 

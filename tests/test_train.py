@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from seqjax import tasks
+from seqjax.data import tasks
 from seqjax.models import SequenceModel
-from seqjax.train import TrainConfig, loss_and_metrics, train
+from seqjax.training import TrainConfig, loss_and_metrics, train
 
 TASK = tasks.Copy(memory=3, alphabet=4)
 MODEL = SequenceModel("gru", output_size=TASK.output_size, hidden_size=8, vocab_size=TASK.vocab_size)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.transformer import Transformer, rope, sinusoidal
+from seqjax.models.transformer import Transformer, rope, sinusoidal
 from tests.helpers import check_grads_by_finite_differences
 
 B, T, V, M = 3, 9, 11, 16
@@ -70,7 +70,7 @@ def test_matches_flax_layers(causal, positional, key):
     if causal:
         mask = nn.combine_masks(mask, nn.make_causal_mask(x))
     ref = jax.jit(FlaxReference(model).apply)({"params": to_flax(params)}, x, mask)
-    ours = model.apply(params, x, lengths=lengths)
+    ours, _ = model.apply(params, x, lengths=lengths)
     np.testing.assert_allclose(jnp.where(valid[..., None], ref, 0), ours, rtol=1e-5, atol=1e-5)
 
 
@@ -78,7 +78,7 @@ def test_matches_flax_layers(causal, positional, key):
 def test_causality_and_padding(positional, key):
     model = Transformer(M, 2, 2, vocab_size=V, positional=positional)
     params = model.init(key)
-    apply = jax.jit(model.apply)
+    apply = jax.jit(lambda p, x: model.apply(p, x)[0])
     x = tokens()
     changed = x.at[:, 5:].set((x[:, 5:] + 1) % V)
     a, b = apply(params, x), apply(params, changed)
@@ -87,10 +87,10 @@ def test_causality_and_padding(positional, key):
     # Padding, in the bidirectional mode where every valid position could see it.
     encoder = Transformer(M, 2, 2, vocab_size=V, causal=False, positional=positional)
     lengths = jnp.array([5, 5, 5])
-    a, b = encoder.apply(params, x, lengths=lengths), encoder.apply(params, changed, lengths=lengths)
+    a, b = encoder.apply(params, x, lengths=lengths)[0], encoder.apply(params, changed, lengths=lengths)[0]
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(a[:, 5:], 0)
-    assert not np.allclose(encoder.apply(params, x)[:, :5], encoder.apply(params, changed)[:, :5])
+    assert not np.allclose(encoder.apply(params, x)[0][:, :5], encoder.apply(params, changed)[0][:, :5])
 
 
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rope", "none"])
@@ -98,13 +98,15 @@ def test_cached_decoding_equals_full_forward(positional, key):
     model = Transformer(M, 4, 2, input_size=5, positional=positional)
     params = model.init(key)
     xs = jax.random.normal(jax.random.key(1), (B, T, 5))
-    full = model.apply(params, xs)
-    step = jax.jit(model.decode_step)
-    cache = model.init_cache(B, max_len=12)
+    full, full_cache = model.apply(params, xs)
+    cache = model.initial_state(B, max_len=12)
     for t in range(T):
-        cache, y = step(params, cache, xs[:, t])
+        cache, y = model.step(params, cache, xs[:, t])
         np.testing.assert_allclose(y, full[:, t], rtol=1e-5, atol=1e-5)
-    assert int(cache.position) == T
+    np.testing.assert_array_equal(cache.position, T)
+    # apply's cache holds the same keys and values, with room up to max_len.
+    assert full_cache.k.shape == (2, B, model.max_len, 4, M // 4)
+    np.testing.assert_allclose(full_cache.k[:, :, :T], cache.k[:, :, :T], rtol=1e-5, atol=1e-5)
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -137,9 +139,9 @@ def test_vmap_over_parameter_sets(key):
     model = Transformer(M, 2, 1, vocab_size=V)
     params = jax.vmap(model.init)(jax.random.split(key, 3))
     x = tokens()
-    ys = jax.jit(jax.vmap(model.apply, in_axes=(0, None)))(params, x)
+    ys, _ = jax.jit(jax.vmap(model.apply, in_axes=(0, None)))(params, x)
     np.testing.assert_allclose(
-        ys[1], model.apply(jax.tree.map(lambda p: p[1], params), x), rtol=1e-5, atol=1e-5
+        ys[1], model.apply(jax.tree.map(lambda p: p[1], params), x)[0], rtol=1e-5, atol=1e-5
     )
 
 
@@ -161,7 +163,7 @@ def test_gradients_match_finite_differences(key):
     lengths = jnp.array([5, 3])
 
     def loss(p, xs, model=exact_model):
-        return jnp.sum(jnp.sin(model.apply(p, xs, lengths=lengths)))
+        return jnp.sum(jnp.sin(model.apply(p, xs, lengths=lengths)[0]))
 
     # jax.nn.dot_product_attention takes its softmax through float32 even for float64
     # inputs, which leaves finite differences no digits to compare; so the model's
@@ -180,8 +182,8 @@ def test_dropout_and_errors(key):
     model = Transformer(M, 2, 2, vocab_size=V, dropout=0.2, positional="learned", max_len=T)
     params = model.init(key)
     x = tokens()
-    a = model.apply(params, x, key=jax.random.key(1), deterministic=False)
-    assert not np.allclose(a, model.apply(params, x))
+    a, _ = model.apply(params, x, key=jax.random.key(1), deterministic=False)
+    assert not np.allclose(a, model.apply(params, x)[0])
     with pytest.raises(ValueError, match="key is required"):
         model.apply(params, x, deterministic=False)
     with pytest.raises(ValueError, match="learned positions stop at max_len=9"):
@@ -195,4 +197,4 @@ def test_dropout_and_errors(key):
     with pytest.raises(ValueError, match="positional must be one of"):
         Transformer(M, 2, 1, vocab_size=V, positional="alibi")
     with pytest.raises(ValueError, match="decoding needs causal=True"):
-        Transformer(M, 2, 1, vocab_size=V, causal=False).init_cache(B, T)
+        Transformer(M, 2, 1, vocab_size=V, causal=False).initial_state(B)

@@ -24,7 +24,6 @@ the resuming job has.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import pathlib
@@ -40,8 +39,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh
 
-from seqjax import distributed
-from seqjax.tasks import Batch, Loss
+from seqjax.data.tasks import Batch, Loss
+from seqjax.training import checkpoints, distributed
+from seqjax.training.config import TrainConfig, make_optimizer
 
 Array = jax.Array
 
@@ -55,65 +55,6 @@ class TrainState(NamedTuple):
     step: Array  # [], int32: steps taken
     seed: Array  # [], int32: the run's seed; every random stream derives from it
     learning_rate: Array  # [], float32: the peak learning rate
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """What a group of runs shares.
-
-    Args:
-      length: the task's length knob during training (see `seqjax.tasks`).
-      steps: optimisation steps.
-      batch_size: examples per step.
-      warmup_steps: linear warm-up, then cosine decay to `final_lr_fraction` of the peak.
-      clip_norm: global gradient-norm clipping (None: off).
-      weight_decay: decoupled (AdamW) weight decay.
-      log_every: steps per compiled chunk, between metrics lines.
-      eval_every: steps between evaluations on fresh batches (a multiple of log_every).
-      checkpoint_every: steps between checkpoints (a multiple of log_every; 0: off).
-      eval_batches: batches per evaluation.
-    """
-
-    length: int
-    steps: int = 2000
-    batch_size: int = 64
-    warmup_steps: int = 100
-    final_lr_fraction: float = 0.1
-    clip_norm: float | None = 1.0
-    weight_decay: float = 0.0
-    log_every: int = 50
-    eval_every: int = 250
-    checkpoint_every: int = 500
-    eval_batches: int = 4
-
-    def __post_init__(self):
-        for name in ("length", "steps", "batch_size", "log_every", "eval_every", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every"):
-            if getattr(self, name) % self.log_every:
-                raise ValueError(
-                    f"{name}={getattr(self, name)} must be a multiple of log_every={self.log_every}"
-                )
-        if self.steps % self.log_every:
-            raise ValueError(f"steps={self.steps} must be a multiple of log_every={self.log_every}")
-
-
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Clipping, Adam and a warm-up + cosine schedule of unit peak.
-
-    The peak learning rate is applied in the step instead (`TrainState.learning_rate`),
-    so that it can differ between vmapped runs of one compiled program.
-    """
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, 1.0, min(config.warmup_steps, config.steps - 1), config.steps, end_value=config.final_lr_fraction
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
-        optax.scale_by_adam(),
-        optax.add_decayed_weights(config.weight_decay),
-        optax.scale_by_schedule(schedule),
-    )
 
 
 def loss_and_metrics(task: Any, outputs: Array, batch: Batch) -> tuple[Array, Array]:
@@ -255,18 +196,6 @@ def _programs(model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = No
     )
 
 
-def _checkpoint_manager(workdir: pathlib.Path, config: TrainConfig) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=config.checkpoint_every or 1)
-    return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
-
-
-def _read_history(path: pathlib.Path, up_to_step: int) -> list[dict]:
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [line for line in lines if line["step"] <= up_to_step]
-
-
 def train(
     model: Any,
     task: Any,
@@ -310,14 +239,14 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     optimizer, train_chunk, evaluate = _programs(model, task, config, mesh)
     state = init_state(model, optimizer, seeds, learning_rates, mesh)
-    manager = _checkpoint_manager(workdir, config) if config.checkpoint_every else None
+    manager = checkpoints.manager(workdir, config) if config.checkpoint_every else None
     metrics_path = workdir / "metrics.jsonl"
     history: list[dict] = []
     start = 0
     if resume and manager is not None and manager.latest_step() is not None:
         start = manager.latest_step()
         state = manager.restore(start, args=ocp.args.StandardRestore(state))
-        history = _read_history(metrics_path, start)
+        history = checkpoints.read_history(metrics_path, start)
         logging.info("resumed %s at step %d", workdir, start)
     if writer:
         metrics_path.write_text("".join(json.dumps(line) + "\n" for line in history))

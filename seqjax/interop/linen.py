@@ -1,12 +1,13 @@
 """Thin `flax.linen` wrappers, so seqjax cells and layers drop into Flax models.
 
-The parameters stay seqjax's pytree: a cell module stores its `seqjax.cells`
-dict under the name "cell", a layer module its `params[layer][direction]` under
+The parameters stay seqjax's pytree: a cell module stores its cell's parameters
+under the name "cell", a layer module its `params[layer][direction]` under
 "layer", so `variables["params"]["cell"]` can be passed to the pure functions
-and back. The cells subclass `nn.RNNCellBase`, so `flax.linen.RNN` (and anything
-else built for Flax cells) runs them.
+and back. The cell modules subclass `nn.RNNCellBase`, so `flax.linen.RNN` (and
+anything else built for Flax cells) runs them: `Cell(cell=...)` wraps any seqjax
+cell, `RNNCell`, `LSTMCell` and `GRUCell` the built-in ones by their arguments.
 
-`seqjax.nnx` wraps the layers for Flax NNX the same way.
+`seqjax.interop.nnx` wraps the layers for Flax NNX the same way.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seqjax import cells
-from seqjax.layers import GRU, LSTM, RNN
+from seqjax.models.layers import Recurrent as RecurrentLayer
+from seqjax.recurrences import cells
 
 Array = jax.Array
 
@@ -31,7 +32,7 @@ class _CellModule(nn.RNNCellBase):
         """carry: as `initialize_carry`; inputs: `[..., d]`. Returns `(carry, [..., h])`."""
         cell = self.make_cell()
         params = self.param("cell", lambda key: cell.init(key, inputs.shape[-1], self.param_dtype))
-        return cell.apply(params, carry, inputs)
+        return cell.step(params, carry, inputs)
 
     @nn.nowrap
     def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Any:
@@ -44,8 +45,18 @@ class _CellModule(nn.RNNCellBase):
         return 1
 
 
+class Cell(_CellModule):
+    """Any seqjax cell (`seqjax.recurrences.protocol.Cell`) as a Flax cell."""
+
+    cell: Any
+    param_dtype: Any = jnp.float32
+
+    def make_cell(self) -> Any:
+        return self.cell
+
+
 class RNNCell(_CellModule):
-    """`seqjax.cells.rnn` as a Flax cell; the carry is h `[..., h]`."""
+    """`seqjax.cells.RNNCell` as a Flax cell; the carry is h `[..., h]`."""
 
     hidden_size: int
     nonlinearity: str = "tanh"
@@ -53,14 +64,14 @@ class RNNCell(_CellModule):
     recurrent_init: str = "uniform"
     param_dtype: Any = jnp.float32
 
-    def make_cell(self) -> cells.Cell:
-        return cells.rnn(
+    def make_cell(self) -> cells.RNNCell:
+        return cells.RNNCell(
             self.hidden_size, self.nonlinearity, bias=self.bias, recurrent_init=self.recurrent_init
         )
 
 
 class LSTMCell(_CellModule):
-    """`seqjax.cells.lstm` as a Flax cell; the carry is `LSTMState(h, c)`."""
+    """`seqjax.cells.LSTMCell` as a Flax cell; the carry is `LSTMState(h, c)`."""
 
     hidden_size: int
     bias: bool = True
@@ -68,29 +79,30 @@ class LSTMCell(_CellModule):
     forget_bias: float | None = None
     param_dtype: Any = jnp.float32
 
-    def make_cell(self) -> cells.Cell:
-        return cells.lstm(
+    def make_cell(self) -> cells.LSTMCell:
+        return cells.LSTMCell(
             self.hidden_size, bias=self.bias, recurrent_init=self.recurrent_init, forget_bias=self.forget_bias
         )
 
 
 class GRUCell(_CellModule):
-    """`seqjax.cells.gru` as a Flax cell; the carry is h `[..., h]`."""
+    """`seqjax.cells.GRUCell` as a Flax cell; the carry is h `[..., h]`."""
 
     hidden_size: int
     bias: bool = True
     recurrent_init: str = "uniform"
     param_dtype: Any = jnp.float32
 
-    def make_cell(self) -> cells.Cell:
-        return cells.gru(self.hidden_size, bias=self.bias, recurrent_init=self.recurrent_init)
+    def make_cell(self) -> cells.GRUCell:
+        return cells.GRUCell(self.hidden_size, bias=self.bias, recurrent_init=self.recurrent_init)
 
 
 class Recurrent(nn.Module):
-    """A seqjax `RNN`, `LSTM` or `GRU` layer as a Flax module.
+    """Any seqjax layer (`seqjax.Recurrent`, `RNN`, `LSTM`, `GRU`) as a Flax module.
 
     Dropout between layers draws from the "dropout" RNG stream.
 
+    >>> from seqjax import LSTM
     >>> module = Recurrent(LSTM(input_size=4, hidden_size=8, batch_first=True))
     >>> variables = module.init(jax.random.key(0), jnp.ones((2, 5, 4)))
     >>> outputs, (h_n, c_n) = module.apply(variables, jnp.ones((2, 5, 4)))
@@ -98,7 +110,7 @@ class Recurrent(nn.Module):
     (2, 5, 8)
     """
 
-    layer: RNN | LSTM | GRU
+    layer: RecurrentLayer
     param_dtype: Any = jnp.float32
 
     @nn.compact

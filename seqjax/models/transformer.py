@@ -1,8 +1,16 @@
 """A small pre-LayerNorm Transformer, as pure functions over a plain pytree.
 
-It has the recurrent layers' interface: `init(key) -> params` and
-`apply(params, inputs, *, lengths=None, key=None, deterministic=True)`, with
-batch-first inputs, so that the same model code and training loop run both.
+It has the backbone interface of every family (`seqjax.models.sequence_model.Backbone`),
+with batch-first inputs, so that the same model code and training loop run all of them:
+
+    params = model.init(key)
+    features, cache = model.apply(params, inputs, lengths=None, key=None, deterministic=True)
+    cache = model.initial_state(batch_size)          # an empty KV cache
+    cache, y_t = model.step(params, cache, x_t)       # one causal step; equals apply
+
+The state that `step` carries is the KV cache; `apply` returns the cache of the
+sequences it read, so `step` continues each sequence after its own length.
+It is registered as the family "transformer" (`seqjax.registry`).
 
 Shapes: b = batch, t = time, d = `input_size` (continuous inputs), v =
 `vocab_size` (token inputs), m = `d_model`, n = `num_heads`, k = m // n (head
@@ -27,13 +35,14 @@ import enum
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import as_enum
-from seqjax.scan import check_lengths
+from seqjax import registry
+from seqjax.recurrences.scan import check_lengths
+from seqjax.validation import as_enum
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -60,7 +69,7 @@ class KVCache(NamedTuple):
 
     k: Array  # [L, b, s, n, k]
     v: Array  # [L, b, s, n, k]
-    position: Array  # [], int32: the next position to write
+    position: Array  # [b], int32: per sequence, the next position to write
 
 
 def sinusoidal(positions: Array, d_model: int, dtype: Any = jnp.float32) -> Array:
@@ -136,8 +145,9 @@ class Transformer:
 
     >>> model = Transformer(d_model=16, num_heads=2, num_layers=2, vocab_size=10)
     >>> params = model.init(jax.random.key(0))
-    >>> model.apply(params, jnp.zeros((3, 7), jnp.int32)).shape
-    (3, 7, 16)
+    >>> features, cache = model.apply(params, jnp.zeros((3, 7), jnp.int32))
+    >>> features.shape, cache.k.shape
+    ((3, 7, 16), (2, 3, 512, 2, 8))
     """
 
     d_model: int
@@ -151,6 +161,10 @@ class Transformer:
     positional: Positional | str = Positional.ROPE
     max_len: int = 512
     attention_fn: Callable[..., Array] = jax.nn.dot_product_attention
+
+    # What carries information across positions; the gradient-flow diagnostics'
+    # "scaled" initialisation multiplies these.
+    recurrent_params: ClassVar[tuple[str, ...]] = ("blocks",)
 
     def __post_init__(self):
         for name in ("d_model", "num_heads", "num_layers", "max_len"):
@@ -212,7 +226,7 @@ class Transformer:
         return params
 
     def _embed(self, params: Params, inputs: Array, positions: Array) -> Array:
-        """inputs: [b, t] tokens or [b, t, d]; positions: [t] ints -> [b, t, m]."""
+        """inputs: [b, t] tokens or [b, t, d]; positions: [t] or [b, t] ints -> [b, t, m]."""
         if self.vocab_size is not None:
             x = params["embed"]["tokens"][inputs]
         else:
@@ -225,8 +239,9 @@ class Transformer:
         return x
 
     def _block(self, p, x, positions, lengths, key, cache_kv=None, cache_position=None):
-        """One pre-LN block. x: [b, t, m]. With a cache ([b, s, n, k] pair), writes this
-        step's keys and values at `cache_position` and attends over the cache."""
+        """One pre-LN block. x: [b, t, m]; returns x and this block's keys and values
+        `[b, t, n, k]`. With a cache ([b, s, n, k] pair; t = 1), writes them at each
+        sequence's `cache_position` `[b]`, attends over the cache, and returns it."""
         keys = jax.random.split(key, 2) if key is not None else (None, None)
         a = p["attn"]
         h = _layer_norm(p["ln1"], x)
@@ -235,13 +250,14 @@ class Transformer:
             q, k = rope(q, positions), rope(k, positions)
         if cache_kv is None:
             out = self.attention_fn(q, k, v, is_causal=self.causal, key_value_seq_lengths=lengths)
-            new_kv = None
+            new_kv = (k, v)
         else:
-            ck, cv = cache_kv
-            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_position, axis=1)
-            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_position, axis=1)
-            seen = jnp.full((x.shape[0],), cache_position + 1, jnp.int32)
-            out = self.attention_fn(q, ck, cv, is_causal=False, key_value_seq_lengths=seen)
+            rows = jnp.arange(x.shape[0])
+            ck, cv = (
+                c.at[rows, cache_position].set(new[:, 0].astype(c.dtype))
+                for c, new in zip(cache_kv, (k, v), strict=True)
+            )
+            out = self.attention_fn(q, ck, cv, is_causal=False, key_value_seq_lengths=cache_position + 1)
             new_kv = (ck, cv)
         x = x + _dropout(jnp.einsum("btnk,nkm->btm", out, a["wo"]) + a["bo"], self.dropout, keys[0])
         mlp = p["mlp"]
@@ -272,7 +288,7 @@ class Transformer:
         lengths: Array | None = None,
         key: Array | None = None,
         deterministic: bool = True,
-    ) -> Array:
+    ) -> tuple[Array, KVCache]:
         """Runs the Transformer over a batch.
 
         Args:
@@ -284,7 +300,10 @@ class Transformer:
           deterministic: if True, no dropout.
 
         Returns:
-          `[b, t, m]` features after the final LayerNorm.
+          `(features, cache)`: `[b, t, m]` features after the final LayerNorm, and
+          the `KVCache` of the sequences read, with room for `max(t, max_len)`
+          positions and each sequence's next position at its length (`t` without
+          lengths), from which `step` continues. Under `jit` an unused cache costs nothing.
         """
         inputs = jnp.asarray(inputs)
         self._check_inputs(inputs)
@@ -297,46 +316,104 @@ class Transformer:
 
     # Compiled once per configuration (the model is hashable), also when called eagerly.
     @functools.partial(jax.jit, static_argnums=0)
-    def _run(self, params: Params, inputs: Array, lengths: Array | None, key: Array | None) -> Array:
-        positions = jnp.arange(inputs.shape[1])
+    def _run(
+        self, params: Params, inputs: Array, lengths: Array | None, key: Array | None
+    ) -> tuple[Array, KVCache]:
+        b, t = inputs.shape[:2]
+        positions = jnp.arange(t)
         x = self._embed(params, inputs, positions)
         if key is not None:
             key, sub = jax.random.split(key)
             x = _dropout(x, self.dropout, sub)
+        ks, vs = [], []
         for i, p in enumerate(params["blocks"]):
-            x, _ = self._block(p, x, positions, lengths, None if key is None else jax.random.fold_in(key, i))
+            x, (k, v) = self._block(
+                p, x, positions, lengths, None if key is None else jax.random.fold_in(key, i)
+            )
+            ks.append(k)
+            vs.append(v)
         y = _layer_norm(params["ln_f"], x)
         if lengths is not None:
             y = jnp.where((positions[None, :] < lengths[:, None])[..., None], y, 0).astype(y.dtype)
-        return y
+        room = ((0, 0), (0, 0), (0, max(self.max_len - t, 0)), (0, 0), (0, 0))
+        cache = KVCache(
+            jnp.pad(jnp.stack(ks), room),
+            jnp.pad(jnp.stack(vs), room),
+            jnp.full((b,), t, jnp.int32) if lengths is None else lengths,
+        )
+        return y, cache
 
-    def init_cache(self, batch_size: int, max_len: int, dtype: Any = jnp.float32) -> KVCache:
-        """An empty cache for decoding up to `max_len` steps of `batch_size` sequences."""
+    def initial_state(
+        self, batch_size: int, dtype: Any = jnp.float32, *, max_len: int | None = None
+    ) -> KVCache:
+        """An empty cache for decoding up to `max_len` (default: the model's
+        `max_len`) steps of each of `batch_size` sequences."""
         if not self.causal:
             raise ValueError("step-by-step decoding needs causal=True")
+        max_len = self.max_len if max_len is None else max_len
         if self.positional_kind is Positional.LEARNED and max_len > self.max_len:
             raise ValueError(f"max_len={max_len} exceeds the {self.max_len} learned positions")
         shape = (self.num_layers, batch_size, max_len, self.num_heads, self.head_dim)
-        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch_size,), jnp.int32))
 
-    def decode_step(self, params: Params, cache: KVCache, inputs: Array) -> tuple[KVCache, Array]:
-        """One step of causal decoding; equals `apply` at that position.
+    def step(self, params: Params, state: KVCache, inputs: Array) -> tuple[KVCache, Array]:
+        """One step of causal decoding; equals `apply` at each sequence's position.
 
         Args:
           params: from `init`.
-          cache: from `init_cache` or the previous step.
-          inputs: `[b]` tokens or `[b, d]` features for the step at `cache.position`.
+          state: from `initial_state`, `apply` or the previous step.
+          inputs: `[b]` tokens or `[b, d]` features, each sequence's step at its
+            `state.position`.
 
         Returns:
-          `(cache, y)`, y: `[b, m]`.
+          `(state, y)`, y: `[b, m]`.
         """
-        position = cache.position
-        positions = position[None]  # [1]
-        x = self._embed(params, inputs[:, None], positions)
+        if not self.causal:
+            raise ValueError("step-by-step decoding needs causal=True")
+        inputs = jnp.asarray(inputs)
+        self._check_inputs(inputs[:, None])
+        return self._step(params, state, inputs)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def _step(self, params: Params, cache: KVCache, inputs: Array) -> tuple[KVCache, Array]:
+        position = cache.position  # [b]
+        x = self._embed(params, inputs[:, None], position[:, None])  # [b, 1, m]
         ks, vs = [], []
         for i, p in enumerate(params["blocks"]):
-            x, (k, v) = self._block(p, x, positions, None, None, (cache.k[i], cache.v[i]), position)
+            x, (k, v) = self._block(p, x, position[:, None], None, None, (cache.k[i], cache.v[i]), position)
             ks.append(k)
             vs.append(v)
         y = _layer_norm(params["ln_f"], x)[:, 0]
         return KVCache(jnp.stack(ks), jnp.stack(vs), position + 1), y
+
+
+def make_transformer(
+    hidden_size: int,
+    num_layers: int,
+    *,
+    vocab_size: int | None = None,
+    input_size: int | None = None,
+    dropout: float = 0.0,
+    num_heads: int = 4,
+    causal: bool = True,
+    positional: Positional | str = Positional.ROPE,
+    mlp_dim: int | None = None,
+    max_len: int = 512,
+) -> Transformer:
+    """The "transformer" family's backbone factory: `d_model = hidden_size`; the
+    options are the Transformer's own arguments."""
+    return Transformer(
+        hidden_size,
+        num_heads,
+        num_layers,
+        vocab_size=vocab_size,
+        input_size=input_size,
+        mlp_dim=mlp_dim,
+        dropout=dropout,
+        causal=causal,
+        positional=positional,
+        max_len=max_len,
+    )
+
+
+registry.register_backbone("transformer", make_transformer)

@@ -1,4 +1,4 @@
-"""A thin `flax.nnx` wrapper of the seqjax layers.
+"""A thin `flax.nnx` wrapper of any seqjax layer.
 
 Each array of the layer's parameter pytree (`params[layer][direction]`) is an
 `nnx.Param`, so NNX's transforms and optimisers see them; `module.params_tree()`
@@ -12,21 +12,22 @@ from typing import Any
 import jax
 from flax import nnx
 
-from seqjax.layers import GRU, LSTM, RNN
+from seqjax.models.layers import Recurrent as RecurrentLayer
 
 Array = jax.Array
 
 
 class Recurrent(nnx.Module):
-    """A seqjax `RNN`, `LSTM` or `GRU` as an NNX module.
+    """Any seqjax layer (`seqjax.Recurrent`, `RNN`, `LSTM`, `GRU`) as an NNX module.
 
+    >>> from seqjax import GRU
     >>> module = Recurrent(GRU(input_size=4, hidden_size=8, batch_first=True), rngs=nnx.Rngs(0))
     >>> outputs, h_n = module(jax.numpy.ones((2, 5, 4)))
     >>> outputs.shape, h_n.shape
     ((2, 5, 8), (1, 2, 8))
     """
 
-    def __init__(self, layer: RNN | LSTM | GRU, *, rngs: nnx.Rngs, dtype: Any = jax.numpy.float32):
+    def __init__(self, layer: RecurrentLayer, *, rngs: nnx.Rngs, dtype: Any = jax.numpy.float32):
         self.layer = layer
         self.params = nnx.data(jax.tree.map(nnx.Param, layer.init(rngs.params(), dtype)))
 

@@ -5,11 +5,11 @@ Backpropagation through time multiplies the gradient by the recurrent Jacobian
 geometrically with the distance from the loss (Bengio et al. 1994; Pascanu et
 al. 2013); the LSTM's additive cell state and the GRU's interpolation keep paths
 on which it does not. These functions measure that with JAX's autodiff through
-the very code used in training (`cell.step` under `seqjax.scan.scan`, or any
-model's `apply`), never a re-implementation.
+the very code used in training (any cell's `step` under `seqjax.scan.scan`, or
+any model's `apply`), never a re-implementation.
 
 Shapes: t = time, b = batch, d = input features, h = hidden, s = state size
-(h, or 2h for the LSTM's (h, c)).
+(the carry's leaves flattened: h, or 2h for the LSTM's (h, c)).
 """
 
 from __future__ import annotations
@@ -21,57 +21,55 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 
-from seqjax import scan
-from seqjax.cells import Cell, LSTMState
+from seqjax.recurrences import scan
+from seqjax.recurrences.protocol import Cell
 
 Array = jax.Array
 
 
-def _perturb(carry: Any, delta: Array) -> Any:
-    """Adds delta to the hidden state h of a carry (h itself, or LSTMState.h)."""
-    if isinstance(carry, LSTMState):
-        return carry._replace(h=carry.h + delta)
-    return carry + delta
+def _flat_state(carry: Any) -> Array:
+    """A batched carry (leaves `[b, ...]`) as one `[b, s]` array."""
+    return jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in jax.tree.leaves(carry)], axis=-1)
 
 
 def hidden_state_gradients(
     cell: Cell,
-    params: dict[str, Array],
+    params: Any,
     xs: Array,
     loss_fn: Callable[[Array], Array],
     initial_carry: Any = None,
 ) -> tuple[Array, Array]:
-    """`dL/dh_t` for every step of a cell run over `xs`.
+    """`dL/ds_t` for every step of any cell run over `xs`, s_t the state step t reads.
 
-    The scan adds a perturbation `delta_t` (zero in value) to each step's hidden
-    state, and the gradient with respect to it is `dL/dh_t`: the gradient that
-    reaches step t, through everything after it.
+    The scan adds a perturbation `delta_t` (zero in value) to the carry that step t
+    reads, and the gradient with respect to it is `dL/ds_t`: the gradient that
+    reaches step t's state, through everything from step t on (`grads[0]` is the
+    initial carry's). The state is the whole carry (h for the RNN and GRU, h and c
+    for the LSTM), flattened.
 
     Args:
-      cell: a `seqjax.cells` cell.
+      cell: any cell (`seqjax.recurrences.protocol.Cell`).
       params: its parameters.
       xs: `[t, b, d]` inputs, time-major.
-      loss_fn: `ys [t, b, h] -> scalar`, the loss of the hidden states.
-      initial_carry: leaves `[b, h]`; zeros if None.
+      loss_fn: `ys [t, b, h] -> scalar`, the loss of the cell's outputs.
+      initial_carry: leaves `[b, ...]`; the cell's own if None.
 
     Returns:
-      `(loss, grads)`, grads: `[t, b, h]`.
+      `(loss, grads)`, grads: `[t, b, s]`.
     """
     carry = cell.initial_carry(xs.shape[1:2], xs.dtype) if initial_carry is None else initial_carry
-    gx = cell.project(params, xs)  # [t, b, g*h]
 
     def step(p, c, inputs):
-        g, delta = inputs
-        c, _ = cell.step(p, c, g)
-        c = _perturb(c, delta)
-        return c, (c.h if isinstance(c, LSTMState) else c)
+        x, delta = inputs
+        return cell.step(p, jax.tree.map(jnp.add, c, delta), x)
 
     def loss_of(deltas):
-        _, ys = scan.scan(step, params, carry, (gx, deltas))
+        _, ys = scan.scan(step, params, carry, (xs, deltas))
         return loss_fn(ys)
 
-    deltas = jnp.zeros((*xs.shape[:2], cell.hidden_size), xs.dtype)
-    return jax.value_and_grad(loss_of)(deltas)
+    deltas = jax.tree.map(lambda leaf: jnp.zeros((xs.shape[0], *leaf.shape), leaf.dtype), carry)
+    loss, grads = jax.value_and_grad(loss_of)(deltas)
+    return loss, jax.vmap(_flat_state)(grads)
 
 
 def input_gradients(
@@ -129,7 +127,7 @@ class JacobianSpectrum(NamedTuple):
     max_singular_value: Array  # [t, b]: the largest singular value (the operator norm)
 
 
-def jacobian_spectrum(cell: Cell, params: dict[str, Array], xs: Array) -> JacobianSpectrum:
+def jacobian_spectrum(cell: Cell, params: Any, xs: Array) -> JacobianSpectrum:
     """The recurrent Jacobian's spectral radius and largest singular value at every step.
 
     The state is the whole carry (h, or (h, c) for the LSTM, flattened to s);
@@ -137,7 +135,7 @@ def jacobian_spectrum(cell: Cell, params: dict[str, Array], xs: Array) -> Jacobi
     trajectory reached. Eigenvalues need the CPU (`jnp.linalg.eigvals`).
 
     Args:
-      cell: a `seqjax.cells` cell.
+      cell: any cell (`seqjax.recurrences.protocol.Cell`).
       params: its parameters.
       xs: `[t, b, d]` inputs, time-major.
 
@@ -145,24 +143,23 @@ def jacobian_spectrum(cell: Cell, params: dict[str, Array], xs: Array) -> Jacobi
       A `JacobianSpectrum` of `[t, b]` arrays.
     """
     carry0 = cell.initial_carry(xs.shape[1:2], xs.dtype)
-    gx = cell.project(params, xs)
 
-    def step_keep_carry(p, c, g):
-        c, _ = cell.step(p, c, g)
+    def step_keep_carry(p, c, x):
+        c, _ = cell.step(p, c, x)
         return c, c
 
-    _, carries = scan.scan(step_keep_carry, params, carry0, gx)  # leaves [t, b, h]
+    _, carries = scan.scan(step_keep_carry, params, carry0, xs)  # leaves [t, b, ...]
     previous = jax.tree.map(lambda c0, cs: jnp.concatenate([c0[None], cs[:-1]]), carry0, carries)
 
-    def one(prev, g):  # unbatched: prev leaves [h], g [g*h]
+    def one(prev, x):  # unbatched: prev leaves [...], x [d]
         flat, unflatten = jax.flatten_util.ravel_pytree(prev)
 
         def next_state(v):
-            return jax.flatten_util.ravel_pytree(cell.step(params, unflatten(v), g)[0])[0]
+            return jax.flatten_util.ravel_pytree(cell.step(params, unflatten(v), x)[0])[0]
 
         jac = jax.jacfwd(next_state)(flat)  # [s, s]
         radius = jnp.max(jnp.abs(jnp.linalg.eigvals(jac)))
         return radius.astype(flat.dtype), jnp.linalg.svd(jac, compute_uv=False)[0]
 
-    radius, sigma = jax.vmap(jax.vmap(one))(previous, gx)
+    radius, sigma = jax.vmap(jax.vmap(one))(previous, xs)
     return JacobianSpectrum(radius, sigma)

@@ -1,10 +1,11 @@
 """Running a cell over time with `jax.lax.scan`, with per-example lengths.
 
-`scan` runs any step function and is differentiated by JAX. `scan_cell` runs a
-`seqjax.cells.Cell` on raw inputs with a hand-written backward pass: the
-backward scan carries only the state gradient and stacks the gate gradients,
-and each weight gradient is one `[k, t*b] x [t*b, g*h]` matmul after it,
-instead of a `[k, b] x [b, g*h]` product accumulated at every step.
+`scan` runs any step function (any cell's `step`) and is differentiated by JAX.
+`scan_cell` runs a cell with the `DenseRecurrence` capability
+(`seqjax.recurrences.protocol`) on raw inputs with a hand-written backward pass:
+the backward scan carries only the state gradient and stacks the gate
+gradients, and each weight gradient is one `[k, t*b] x [t*b, g*h]` matmul after
+it, instead of a `[k, b] x [b, g*h]` product accumulated at every step.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from seqjax.recurrences.protocol import DenseRecurrence, recurrent_projection
 
 Array = jax.Array
 
@@ -70,8 +73,8 @@ def scan(
     """Runs `step` over the leading (time) axis of `xs`.
 
     Args:
-      step: `(params, carry, x_t) -> (carry, y_t)`, e.g. `cell.step` (on projected
-        inputs) or `cell.apply` (on raw inputs).
+      step: `(params, carry, x_t) -> (carry, y_t)`, e.g. a cell's `step` (on raw
+        inputs) or `step_projected` (on projected ones).
       params: the cell's parameters, closed over by every step.
       carry: initial carry, leaves `[b, ...]`.
       xs: `[t, b, ...]`, time-major.
@@ -118,7 +121,7 @@ def _forward(cell, reverse, unroll, hoist, params, carry, xs, lengths, keep_resi
     def step(c, inputs):
         x, valid = inputs
         g = x if hoist else cell.project(params, x)
-        gh = cell.hidden_projection(params, cell.hidden(c))
+        gh = recurrent_projection(params, cell.hidden(c))
         new, y = cell.update(c, g, gh)
         if valid is not None:
             new, y = _mask(valid, new, c), _mask(valid, y, jnp.zeros_like(y))
@@ -228,21 +231,29 @@ def scan_cell(
     unroll: int | bool = 1,
     hoist: bool = True,
 ) -> tuple[Any, Array]:
-    """`scan(cell.apply, params, carry, xs, ...)` with a hand-written backward pass.
+    """`scan(cell.step, params, carry, xs, ...)` with a hand-written backward pass.
 
-    Same arguments and results as `scan` with `step=cell.apply` (xs: raw inputs
+    Same arguments and results as `scan` with `step=cell.step` (xs: raw inputs
     `[t, b, d]`), and the same values and gradients to rounding; see the module
     docstring for what differs. Only reverse-mode differentiation is defined
     (`jax.grad`, `jax.vjp`), not forward mode (`jax.jvp`, `jax.jacfwd`): use
     `scan` for those.
 
     Args:
-      cell: a `seqjax.cells.Cell`.
+      cell: a cell with the `DenseRecurrence` capability (`seqjax.recurrences.protocol`).
       params: its parameters (`w_ih`, `w_hh`, and `b_ih`, `b_hh` if it has biases).
       carry, xs, lengths, reverse, unroll: as `scan`.
       hoist: project all steps' inputs in one `[t*b, d] x [d, g*h]` matmul before
         the scan (one large matmul, and a `[t, b, g*h]` buffer), or project each
         step's input inside the loop (no buffer; faster on CPU). The backward pass
         forms the input-weight gradient in one matmul either way.
+
+    Raises:
+      TypeError: the cell lacks the `DenseRecurrence` capability (run it with `scan`).
     """
+    if not isinstance(cell, DenseRecurrence):
+        raise TypeError(
+            f"scan_cell needs a cell with the DenseRecurrence capability (seqjax.recurrences.protocol); "
+            f"{type(cell).__name__} has not: run it with scan(cell.step, ...)"
+        )
     return _scan_cell(cell, reverse, unroll, hoist, params, carry, xs, lengths)

@@ -15,7 +15,8 @@ cached under `$SEQJAX_CACHE_DIR` (default `~/.cache/seqjax`). Without a compiler
 switches the kernel off (see `enabled`). The loops use all cores, or
 `$SEQJAX_CPU_THREADS`.
 
-Limits: float32 only; the built-in cells only (`Cell.kernel`); reverse-mode
+Limits: float32 only; cells with the `DenseRecurrence` capability whose `kernel`
+attribute names one of `KINDS` (the built-in cells); reverse-mode
 differentiation only (as `scan_cell`).
 """
 
@@ -30,18 +31,35 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import scan as scan_lib
-from seqjax.cells import LSTMState
+from seqjax.recurrences import scan as scan_lib
+from seqjax.recurrences.cells import LSTMState
+from seqjax.recurrences.protocol import DenseRecurrence
 
 Array = jax.Array
 
-KINDS = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2, "lstm": 3, "gru": 4}
+
+class _Loop(NamedTuple):
+    """One of the C++ loops: its id there, and the shape of its cell's carry."""
+
+    id: int
+    paired_state: bool  # the carry is LSTMState(h, c)
+    saves_gates: bool  # the backward pass reads saved gate activations
+
+
+# A cell's `kernel` attribute names its loop.
+KINDS = {
+    "rnn_tanh": _Loop(0, False, False),
+    "rnn_relu": _Loop(1, False, False),
+    "rnn_identity": _Loop(2, False, False),
+    "lstm": _Loop(3, True, True),
+    "gru": _Loop(4, False, True),
+}
 _SOURCE = pathlib.Path(__file__).parent / "kernels" / "rnn_cpu.cc"
 # -fno-trapping-math lets the exp's float-to-int step vectorise; nothing here reads
 # floating-point exception flags.
@@ -140,11 +158,17 @@ def unavailable_reason() -> str | None:
     return _load()
 
 
+def has_loop(cell: Any) -> bool:
+    """Whether one of the fused loops computes `cell` (a `DenseRecurrence` cell whose
+    `kernel` attribute is one of `KINDS`)."""
+    return isinstance(cell, DenseRecurrence) and getattr(cell, "kernel", None) in KINDS
+
+
 def supports(cell: Any, *arrays: Any) -> bool:
-    """Whether `scan_kernel` can run `cell` on these arrays (pytrees): a built-in
-    cell, and every leaf float32."""
+    """Whether `scan_kernel` can run `cell` on these arrays (pytrees): a loop
+    computes the cell (`has_loop`), and every leaf is float32."""
     leaves = jax.tree.leaves(arrays)
-    return cell.kernel in KINDS and all(jnp.result_type(x) == jnp.float32 for x in leaves)
+    return has_loop(cell) and all(jnp.result_type(x) == jnp.float32 for x in leaves)
 
 
 def _check_shapes(cell: Any, params: dict[str, Array], carry: Any, xs: Array, time_major: bool) -> None:
@@ -170,26 +194,30 @@ def _f32(*shape: int) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
-def _split_carry(kind: str, carry: Any) -> tuple[Array, Array]:
-    if kind == "lstm":
+def _split_carry(loop: _Loop, carry: Any) -> tuple[Array, Array]:
+    if loop.paired_state:
         return carry.h, carry.c
     return carry, jnp.zeros((0,), jnp.float32)
 
 
+def _join_carry(loop: _Loop, h: Array, c: Array) -> Any:
+    return LSTMState(h, c) if loop.paired_state else h
+
+
 def _forward(cell, reverse, time_major, params, carry, xs, lengths, save):
-    kind = cell.kernel
-    h0, c0 = _split_carry(kind, carry)
+    loop = KINDS[cell.kernel]
+    h0, c0 = _split_carry(loop, carry)
     t, b = xs.shape[:2] if time_major else xs.shape[1::-1]
     h = h0.shape[-1]
     chunks = -(-h // 16)
-    lstm, gated = kind == "lstm", kind in ("lstm", "gru")
+    paired = loop.paired_state
     zeros = jnp.zeros(params["w_hh"].shape[-1:], jnp.float32)
     results = (
         _f32(*xs.shape[:2], h),
         _f32(b, h),
-        _f32(b, h) if lstm else _f32(0),
-        _f32(t, chunks, b, 4, 16) if save and gated else _f32(0),  # the kernel's own layout
-        _f32(t, chunks, b, 16) if save and lstm else _f32(0),
+        _f32(b, h) if paired else _f32(0),
+        _f32(t, chunks, b, 4, 16) if save and loop.saves_gates else _f32(0),  # the kernel's own layout
+        _f32(t, chunks, b, 16) if save and paired else _f32(0),
     )
     hs, h_n, c_n, acts, cs = jax.ffi.ffi_call("SeqjaxRnnForward", results, vmap_method="sequential")(
         xs,
@@ -200,12 +228,12 @@ def _forward(cell, reverse, time_major, params, carry, xs, lengths, save):
         h0,
         c0,
         lengths,
-        kind=np.int64(KINDS[kind]),
+        kind=np.int64(loop.id),
         reverse=reverse,
         save=save,
         time_major=time_major,
     )
-    return (LSTMState(h_n, c_n) if lstm else h_n), hs, (h0, c0, hs, acts, cs)
+    return _join_carry(loop, h_n, c_n), hs, (h0, c0, hs, acts, cs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -222,12 +250,12 @@ def _scan_fwd(cell, reverse, time_major, params, carry, xs, lengths):
 def _scan_bwd(cell, reverse, time_major, residuals, cotangents):
     params, xs, lengths, (h0, c0, hs, acts, cs) = residuals
     d_final, d_hs = cotangents
-    kind = cell.kernel
-    d_hn, d_cn = _split_carry(kind, d_final)
+    loop = KINDS[cell.kernel]
+    d_hn, d_cn = _split_carry(loop, d_final)
     b, d = h0.shape[0], xs.shape[-1]
     h, g_h = params["w_hh"].shape
     results = (_f32(*xs.shape), _f32(d, g_h), _f32(h, g_h), _f32(g_h), _f32(g_h), _f32(b, h))
-    results += (_f32(b, h) if kind == "lstm" else _f32(0),)
+    results += (_f32(b, h) if loop.paired_state else _f32(0),)
     d_xs, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_h0, d_c0 = jax.ffi.ffi_call(
         "SeqjaxRnnBackward", results, vmap_method="sequential"
     )(
@@ -243,14 +271,13 @@ def _scan_bwd(cell, reverse, time_major, residuals, cotangents):
         d_hs,
         d_hn,
         d_cn,
-        kind=np.int64(KINDS[kind]),
+        kind=np.int64(loop.id),
         reverse=reverse,
         time_major=time_major,
     )
     grads = {"w_ih": d_w_ih, "w_hh": d_w_hh, "b_ih": d_b_ih, "b_hh": d_b_hh}
     d_params = {name: grads[name] for name in params}
-    d_carry = LSTMState(d_h0, d_c0) if kind == "lstm" else d_h0
-    return d_params, d_carry, d_xs, None
+    return d_params, _join_carry(loop, d_h0, d_c0), d_xs, None
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -269,13 +296,13 @@ def scan_kernel(
     """`seqjax.scan.scan_cell(cell, params, carry, xs, ...)` in one fused loop on CPU.
 
     Same arguments, results and semantics as `scan_cell` (lengths, reverse,
-    reverse-mode gradients), for a float32 built-in cell (`supports`); values
+    reverse-mode gradients), for a float32 cell that a loop computes (`supports`); values
     agree with it to float32 rounding (the loop has its own exp and tanh).
     With `time_major=False` xs and ys are batch-major: the loop reads and writes
     them in place, which saves the two transposes around a time-major scan.
 
     Args:
-      cell: a `seqjax.cells.Cell` with `cell.kernel` set.
+      cell: a `DenseRecurrence` cell whose `kernel` is one of `KINDS`.
       params: its float32 parameters.
       carry: initial carry, leaves `[b, h]`.
       xs: `[t, b, d]` (`[b, t, d]` if not time_major) float32 raw inputs.
@@ -293,8 +320,9 @@ def scan_kernel(
     if not supports(cell, params, carry, xs):
         dtypes = sorted({jnp.result_type(x).name for x in jax.tree.leaves((params, carry, xs))})
         raise ValueError(
-            f"scan_kernel runs the built-in cells ({', '.join(KINDS)}) on float32 params, carry and xs; "
-            f"got cell.kernel={cell.kernel!r} and dtypes {dtypes}"
+            f"scan_kernel runs DenseRecurrence cells whose kernel is one of {', '.join(KINDS)} on float32 "
+            f"params, carry and xs; got {type(cell).__name__} with kernel="
+            f"{getattr(cell, 'kernel', None)!r} and dtypes {dtypes}"
         )
     _check_shapes(cell, params, carry, xs, time_major)
     if not available():

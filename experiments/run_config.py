@@ -1,0 +1,65 @@
+"""config.json: what a run was, written before it trains, so that it can be rerun.
+
+It holds the experiment's name, its resolved settings, the files that define
+every family it names outside seqjax (so a rerun registers them again), the
+command line, and the versions and backend. `python -m experiments.<name>
+--config=<workdir>/config.json` reruns an experiment from it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import pathlib
+import platform
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+
+from seqjax import registry
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware."""
+    devices = jax.devices()
+    return {
+        "seqjax": importlib.metadata.version("seqjax"),
+        "jax": jax.__version__,
+        "jaxlib": importlib.metadata.version("jaxlib"),
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "devices": len(devices),
+        "device_kind": devices[0].device_kind,
+        "processes": jax.process_count(),
+        "platform": platform.platform(),
+    }
+
+
+def family_sources(families: Iterable[str]) -> list[str]:
+    """The files (or module names) that register these families, seqjax's own left out."""
+    sources = []
+    for name in families:
+        factory = registry.get(name).factory
+        module = sys.modules.get(getattr(getattr(factory, "func", factory), "__module__", ""))
+        if module is None or module.__name__.split(".")[0] == "seqjax":
+            continue
+        source = getattr(module, "__file__", None) or module.__name__
+        if source not in sources:
+            sources.append(source)
+    return sources
+
+
+def write(workdir: pathlib.Path, experiment: str, settings: dict[str, Any], families: Iterable[str]) -> None:
+    """Writes `workdir/config.json` (process 0 of a multi-process job)."""
+    if jax.process_index() != 0:
+        return
+    config = {
+        "experiment": experiment,
+        "settings": settings,
+        "user_modules": family_sources(families),
+        "argv": sys.argv,
+        "environment": environment(),
+    }
+    (workdir / "config.json").write_text(json.dumps(config, indent=1) + "\n")

@@ -1,0 +1,443 @@
+"""Deep and bidirectional recurrent layers over any cell, with PyTorch's conventions.
+
+`Recurrent(cell, input_size, num_layers)` runs any cell that follows
+`seqjax.recurrences.protocol.Cell`; `RNN`, `LSTM` and `GRU` are `Recurrent` with
+the built-in cells, PyTorch's arguments in PyTorch's order, and exact
+`state_dict` conversion. Layers are frozen dataclasses of static configuration
+(hashable, picklable); their parameters are a plain pytree made by `init` and
+passed to `apply`:
+
+    params[layer][direction] -> cell parameters
+
+a tuple over `num_layers` of tuples over directions (forward, then backward).
+The fastest algorithm that the cell's capabilities allow runs each layer and
+direction (`seqjax.recurrences.paths`).
+
+Shapes: t = time, b = batch, d = `input_size`, h = `hidden_size`,
+L = `num_layers`, n = 2 if `bidirectional` else 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.interop import torch_weights
+from seqjax.recurrences import cells, paths, scan
+from seqjax.recurrences.cells import Nonlinearity, RecurrentInit
+from seqjax.recurrences.protocol import Cell, check_cell
+from seqjax.validation import check_positive_int
+
+Array = jax.Array
+Params = tuple[tuple[Any, ...], ...]
+
+
+def _hashable(value: Any) -> Any:
+    """`value`, or its identity if it cannot be hashed (a cell that is a plain dataclass)."""
+    try:
+        hash(value)
+    except TypeError:
+        return id(value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Recurrent:
+    """A deep, optionally bidirectional stack of one cell, as PyTorch's recurrent layers.
+
+    Args:
+      cell: any cell following `seqjax.recurrences.protocol.Cell`; every layer and
+        direction runs it (with its own parameters).
+      input_size: d, the features of the first layer's input.
+      num_layers: L.
+      bidirectional: add a direction that reads each sequence backwards (within
+        its length); outputs concatenate the two.
+      batch_first: inputs and outputs are `[b, t, *]` instead of `[t, b, *]`.
+      dropout: rate between layers (not after the last), in training only.
+      unroll, hoist_projection, custom_backward, cpu_kernel: how the time loop
+        runs; see `seqjax.recurrences.paths.Switches`. None picks what was
+        measured fastest on the backend among the paths the cell allows; True
+        for a capability the cell lacks raises a ValueError here.
+
+    >>> layer = Recurrent(cells.GRUCell(8), input_size=4, num_layers=2, bidirectional=True)
+    >>> params = layer.init(jax.random.key(0))
+    >>> outputs, h_n = layer.apply(params, jnp.ones((5, 3, 4)), lengths=jnp.array([5, 2, 0]))
+    >>> outputs.shape, h_n.shape
+    ((5, 3, 16), (4, 3, 8))
+    """
+
+    cell: Cell
+    input_size: int
+    num_layers: int = 1
+    _: dataclasses.KW_ONLY
+    bidirectional: bool = False
+    batch_first: bool = False
+    dropout: float = 0.0
+    unroll: int = 1
+    hoist_projection: bool | None = None
+    custom_backward: bool | None = None
+    cpu_kernel: bool | None = None
+
+    def __post_init__(self):
+        check_cell(self.cell)
+        for name in ("input_size", "num_layers", "unroll"):
+            check_positive_int(getattr(self, name), name)
+        for name in ("bidirectional", "batch_first"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
+        if isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout!r}")
+        self.switches.check(self.cell)
+
+    def __hash__(self):
+        return hash(tuple(_hashable(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cell.hidden_size
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def switches(self) -> paths.Switches:
+        return paths.Switches(self.hoist_projection, self.custom_backward, self.cpu_kernel, self.unroll)
+
+    def layer_input_size(self, layer: int) -> int:
+        """Feature size that layer `layer` (0-based) reads."""
+        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+
+    def init(self, key: Array, dtype: Any = jnp.float32) -> Params:
+        """Draws parameters: `params[layer][direction]` as in the module docstring."""
+        keys = jax.random.split(key, (self.num_layers, self.num_directions))
+        return tuple(
+            tuple(
+                self.cell.init(keys[l, d], self.layer_input_size(l), dtype)
+                for d in range(self.num_directions)
+            )
+            for l in range(self.num_layers)
+        )
+
+    def initial_state(self, batch_size: int, dtype: Any = jnp.float32) -> Any:
+        """The cell's initial carry for every layer and direction: leaves `[L*n, b, ...]`
+        (`[L*n, b, h]` for the built-in cells, a pair of them for the LSTM)."""
+        return self.cell.initial_carry((self.num_layers * self.num_directions, batch_size), dtype)
+
+    def apply(
+        self,
+        params: Params,
+        inputs: Array,
+        initial_state: Any = None,
+        *,
+        lengths: Array | None = None,
+        key: Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[Array, Any]:
+        """Runs the layer over a (padded) batch of sequences.
+
+        Args:
+          params: from `init` (or `params_from_torch`).
+          inputs: `[t, b, d]`, or `[b, t, d]` if `batch_first`, or `[t, d]` for
+            one unbatched sequence.
+          initial_state: like `initial_state(b)`: leaves `[L*n, b, ...]` (`[L*n, ...]`
+            unbatched; for the LSTM a pair `(h0, c0)`); the cell's initial carry if None.
+          lengths: optional `[b]` integers in `[0, t]`, the valid length of each
+            sequence, as PyTorch's packed sequences. Outputs past a length are
+            zero and the final state is taken at each sequence's last valid step;
+            the backward direction reads each sequence reversed within its length.
+          key: PRNG key for dropout between layers; needed when `dropout > 0` and
+            not `deterministic`.
+          deterministic: if True, no dropout.
+
+        Returns:
+          `(outputs, final_state)`: outputs `[t, b, n*h]` (`[b, t, n*h]` if
+          `batch_first`, `[t, n*h]` unbatched), the last layer's outputs with
+          directions concatenated; final_state like `initial_state`, ordered
+          `layer0_forward, layer0_backward, layer1_forward, ...`.
+        """
+        inputs = jnp.asarray(inputs)
+        if inputs.ndim not in (2, 3):
+            layout = "[batch, time, input_size]" if self.batch_first else "[time, batch, input_size]"
+            raise ValueError(
+                f"inputs must have shape {layout} or [time, input_size]; got shape {inputs.shape}"
+            )
+        if inputs.shape[-1] != self.input_size:
+            raise ValueError(
+                f"inputs last axis must be input_size={self.input_size}; got shape {inputs.shape}"
+            )
+        unbatched = inputs.ndim == 2
+        xs = inputs[:, None] if unbatched else inputs
+        time_major = unbatched or not self.batch_first
+        num_steps, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
+        if unbatched and lengths is not None:
+            lengths = jnp.reshape(lengths, (-1,))
+        lengths = scan.check_lengths(lengths, batch, num_steps)
+        state = self._check_state(initial_state, batch, xs.dtype, unbatched)
+        self._check_params(params)
+        use_dropout = self.dropout > 0 and not deterministic and self.num_layers > 1
+        if use_dropout and key is None:
+            raise ValueError("key is required when dropout > 0 and deterministic=False")
+
+        outputs, final_state = self._run(params, xs, state, lengths, key, use_dropout, time_major)
+        if unbatched:
+            return outputs[:, 0], jax.tree.map(lambda s: s[:, 0], final_state)
+        return outputs, final_state
+
+    def step(self, params: Params, state: Any, x: Array) -> tuple[Any, Array]:
+        """One time step of a unidirectional layer, for streaming and decoding.
+
+        `step` over a sequence, the state carried, gives `apply`'s outputs and final
+        state (dropout is not applied: this is inference).
+
+        Args:
+          params: from `init`.
+          state: like `initial_state(b)`, leaves `[L, b, ...]` (`[L, ...]` unbatched).
+          x: `[b, d]` (or `[d]` unbatched), this step's input.
+
+        Returns:
+          `(state, y)`: the next state, and y `[b, h]` (`[h]`), the last layer's output.
+        """
+        if self.bidirectional:
+            raise ValueError("step needs a unidirectional layer: a bidirectional one reads the future")
+        x = jnp.asarray(x)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ValueError(f"x must have shape [batch, input_size={self.input_size}]; got {x.shape}")
+        unbatched = x.ndim == 1
+        carries = self._check_state(state, 1 if unbatched else x.shape[0], x.dtype, unbatched)
+        self._check_params(params)
+        state, y = self._step(params, carries, x[None] if unbatched else x)
+        if unbatched:
+            return jax.tree.map(lambda s: s[:, 0], state), y[0]
+        return state, y
+
+    # Compiled once per configuration (the layer is hashable), also when called eagerly.
+    @functools.partial(jax.jit, static_argnums=0)
+    def _step(self, params, carries, x):
+        finals = []
+        for layer_params, carry in zip(params, carries, strict=True):
+            carry, x = self.cell.step(layer_params[0], carry, x)
+            finals.append(carry)
+        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals), x
+
+    @functools.partial(jax.jit, static_argnums=(0, 6, 7))
+    def _run(self, params, xs, carries, lengths, key, use_dropout, time_major):
+        """xs: [t, b, d] ([b, t, d] if not time_major) -> (outputs [t, b, n*h] (or
+        [b, t, n*h]), final state [L*n, b, ...])."""
+        path = paths.choose(self.cell, self.switches, params, carries, xs)
+        # The kernel reads and writes batch-major arrays in place; the scans need time-major.
+        transpose = not time_major and path is not paths.Path.KERNEL
+        if transpose:
+            xs = jnp.swapaxes(xs, 0, 1)
+            time_major = True
+        num_steps, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
+        finals = []
+        for l, layer_params in enumerate(params):
+            ys = []
+            for d, p in enumerate(layer_params):
+                carry, y = paths.run(
+                    path,
+                    self.cell,
+                    p,
+                    carries[l * self.num_directions + d],
+                    xs,
+                    switches=self.switches,
+                    lengths=lengths,
+                    reverse=d == 1,
+                    time_major=time_major,
+                )
+                finals.append(carry)
+                ys.append(y)
+            xs = jnp.concatenate(ys, axis=-1) if len(ys) > 1 else ys[0]  # [t, b, n*h] or [b, t, n*h]
+            if use_dropout and l < self.num_layers - 1:
+                key, sub = jax.random.split(key)
+                # Drawn time-major in every layout, so batch_first never changes which units drop.
+                keep = jax.random.bernoulli(sub, 1.0 - self.dropout, (num_steps, batch, xs.shape[-1]))
+                keep = keep if time_major else jnp.swapaxes(keep, 0, 1)
+                xs = jnp.where(keep, xs / (1.0 - self.dropout), 0).astype(xs.dtype)
+
+        final_state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)  # [L*n, b, ...]
+        return (jnp.swapaxes(xs, 0, 1) if transpose else xs), final_state
+
+    def _check_params(self, params: Any) -> None:
+        if (
+            not isinstance(params, tuple | list)
+            or len(params) != self.num_layers
+            or any(not isinstance(p, tuple | list) or len(p) != self.num_directions for p in params)
+        ):
+            raise ValueError(
+                f"params must hold {self.num_layers} layers of {self.num_directions} direction(s); "
+                "make them with init()"
+            )
+
+    def _check_state(self, state: Any, batch: int, dtype: Any, unbatched: bool) -> list[Any]:
+        """Returns one carry per layer and direction, leaves `[b, ...]`."""
+        expected = jax.eval_shape(lambda: self.initial_state(batch, dtype))
+        if state is None:
+            state = self.initial_state(batch, dtype)
+        else:
+            want, treedef = jax.tree.flatten(expected)
+            got = jax.tree.leaves(state)
+            name = type(expected).__name__ if len(want) > 1 else "an array"
+            if len(got) != len(want):
+                raise ValueError(
+                    f"initial_state must be {name} of {len(want)} array(s), as initial_state() makes it "
+                    f"(a pair (h0, c0) for an LSTM); got {len(got)}"
+                )
+            got = [jnp.asarray(x) for x in got]
+            for leaf, ref in zip(got, want, strict=True):
+                shape = ref.shape[:1] + ref.shape[2:] if unbatched else ref.shape
+                if leaf.shape != shape:
+                    raise ValueError(
+                        f"initial_state must have shape [num_layers*num_directions, batch, hidden_size]="
+                        f"{shape}; got {leaf.shape}"
+                    )
+            if unbatched:
+                got = [x[:, None] for x in got]
+            state = jax.tree.unflatten(treedef, got)
+        return [
+            jax.tree.map(lambda s, i=i: s[i], state) for i in range(self.num_layers * self.num_directions)
+        ]
+
+
+class _TorchLayer(Recurrent):
+    """A built-in cell's layer: PyTorch's arguments, exact `state_dict` conversion."""
+
+    @property
+    def bias(self) -> bool:
+        return self.cell.bias
+
+    @property
+    def recurrent_init(self) -> RecurrentInit:
+        return self.cell.recurrent_init
+
+    def params_from_torch(self, state_dict: dict[str, Any]) -> Params:
+        """Parameters from a PyTorch `state_dict` of NumPy arrays (exact)."""
+        return torch_weights.params_from_torch(self, state_dict)
+
+    def params_to_torch(self, params: Params) -> dict[str, np.ndarray]:
+        """A PyTorch `state_dict` (NumPy arrays) from parameters (exact)."""
+        return torch_weights.params_to_torch(self, params)
+
+
+class RNN(_TorchLayer):
+    """Multi-layer Elman RNN with tanh or relu, as PyTorch's `nn.RNN`: `Recurrent`
+    over `seqjax.cells.RNNCell`.
+
+    Arguments as PyTorch's, in PyTorch's order: input_size, hidden_size,
+    num_layers, nonlinearity ("tanh" or "relu"), bias, batch_first, dropout
+    (between layers, not after the last), bidirectional. Keyword-only:
+    recurrent_init (see `seqjax.cells.RecurrentInit`), and the switches of
+    `Recurrent` (unroll, hoist_projection, custom_backward, cpu_kernel; on CPU in
+    float32 each layer and direction runs as one fused C++ loop by default).
+
+    >>> layer = RNN(input_size=4, hidden_size=8, num_layers=2, batch_first=True)
+    >>> params = layer.init(jax.random.key(0))
+    >>> outputs, h_n = layer.apply(params, jnp.ones((3, 5, 4)))
+    >>> outputs.shape, h_n.shape
+    ((3, 5, 8), (2, 3, 8))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: Nonlinearity | str = Nonlinearity.TANH,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        recurrent_init: RecurrentInit | str = RecurrentInit.UNIFORM,
+        **switches: Any,
+    ):
+        cell = cells.RNNCell(hidden_size, nonlinearity, bias=bias, recurrent_init=recurrent_init)
+        super().__init__(
+            cell, input_size, num_layers, bidirectional=bidirectional, batch_first=batch_first,
+            dropout=dropout, **switches,
+        )  # fmt: skip
+
+    @property
+    def nonlinearity(self) -> Nonlinearity:
+        return self.cell.nonlinearity
+
+
+class LSTM(_TorchLayer):
+    """Multi-layer LSTM, as PyTorch's `nn.LSTM` (without `proj_size`): `Recurrent`
+    over `seqjax.cells.LSTMCell`. The state is a pair `(h, c)`.
+
+    Arguments as PyTorch's, in PyTorch's order: input_size, hidden_size,
+    num_layers, bias, batch_first, dropout, bidirectional. Keyword-only:
+    recurrent_init, forget_bias (the forget gate's initial total bias; see
+    `seqjax.cells.LSTMCell`), and the switches of `Recurrent`.
+
+    >>> layer = LSTM(input_size=4, hidden_size=8, bidirectional=True)
+    >>> params = layer.init(jax.random.key(0))
+    >>> outputs, (h_n, c_n) = layer.apply(params, jnp.ones((5, 3, 4)))
+    >>> outputs.shape, h_n.shape, c_n.shape
+    ((5, 3, 16), (2, 3, 8), (2, 3, 8))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        recurrent_init: RecurrentInit | str = RecurrentInit.UNIFORM,
+        forget_bias: float | None = None,
+        **switches: Any,
+    ):
+        cell = cells.LSTMCell(hidden_size, forget_bias, bias=bias, recurrent_init=recurrent_init)
+        super().__init__(
+            cell, input_size, num_layers, bidirectional=bidirectional, batch_first=batch_first,
+            dropout=dropout, **switches,
+        )  # fmt: skip
+
+    @property
+    def forget_bias(self) -> float | None:
+        return self.cell.forget_bias
+
+
+class GRU(_TorchLayer):
+    """Multi-layer GRU, as PyTorch's `nn.GRU`: `Recurrent` over `seqjax.cells.GRUCell`.
+
+    Arguments as PyTorch's, in PyTorch's order: input_size, hidden_size,
+    num_layers, bias, batch_first, dropout, bidirectional. Keyword-only:
+    recurrent_init, and the switches of `Recurrent`.
+
+    >>> layer = GRU(input_size=4, hidden_size=8, num_layers=3)
+    >>> params = layer.init(jax.random.key(0))
+    >>> outputs, h_n = layer.apply(params, jnp.ones((5, 3, 4)), lengths=jnp.array([5, 2, 0]))
+    >>> outputs.shape, h_n.shape
+    ((5, 3, 8), (3, 3, 8))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        recurrent_init: RecurrentInit | str = RecurrentInit.UNIFORM,
+        **switches: Any,
+    ):
+        cell = cells.GRUCell(hidden_size, bias=bias, recurrent_init=recurrent_init)
+        super().__init__(
+            cell, input_size, num_layers, bidirectional=bidirectional, batch_first=batch_first,
+            dropout=dropout, **switches,
+        )  # fmt: skip

@@ -1,0 +1,158 @@
+"""Which algorithm runs a cell over time: chosen from the cell's capabilities, the
+backend and the caller's switches, never from the cell's name.
+
+    path = choose(cell, switches, params, carry, xs)    # at trace time
+    carry, ys = run(path, cell, params, carry, xs, lengths=..., reverse=..., time_major=...)
+
+The paths, each needing a capability of `seqjax.recurrences.protocol` (a cell
+without it takes the next path that applies; `PLAIN` runs every cell):
+
+    KERNEL      the fused CPU loop (`cpu_kernel.scan_kernel`): CPU, float32, a cell
+                that one of its loops computes. Default on CPU where it applies.
+    SCAN_CELL   `scan.scan_cell`'s hand-written backward pass: `DenseRecurrence`.
+                Default on CPU otherwise (float64, or the kernel switched off).
+    HOISTED     one matmul projects every step, then `lax.scan` of `step_projected`,
+                differentiated by JAX: `ProjectsInput`. Default off CPU.
+    PLAIN       `lax.scan` of `step` on the raw inputs, differentiated by JAX.
+
+The defaults are what `experiments/throughput.py` measured fastest on CPU; on
+other backends the hoisted projection and JAX's own differentiation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import jax
+
+from seqjax.recurrences import cpu_kernel, scan
+from seqjax.recurrences.protocol import DenseRecurrence, ProjectsInput
+
+Array = jax.Array
+
+
+class Path(enum.Enum):
+    KERNEL = "kernel"
+    SCAN_CELL = "scan_cell"
+    HOISTED = "hoisted"
+    PLAIN = "plain"
+
+
+@dataclasses.dataclass(frozen=True)
+class Switches:
+    """A caller's choices; None picks the measured default where the cell allows it.
+
+    Attributes:
+      hoist_projection: project every step's input in one matmul before the scan
+        (True) or inside it (False); the `SCAN_CELL` path takes either.
+      custom_backward: differentiate with `scan.scan_cell`'s hand-written backward
+        pass (reverse mode only) or, if False, let JAX differentiate the scan
+        (forward mode too: `jax.jvp`).
+      cpu_kernel: run the fused CPU loop (reverse mode only) or not; None uses it on
+        CPU whenever it applies, `custom_backward` is not False,
+        `$SEQJAX_CPU_KERNEL` is not "0", and it could be built.
+      unroll: forwarded to `lax.scan`.
+    """
+
+    hoist_projection: bool | None = None
+    custom_backward: bool | None = None
+    cpu_kernel: bool | None = None
+    unroll: int = 1
+
+    def check(self, cell: Any) -> None:
+        """Raises a ValueError for a switch set to True that the cell has no capability for."""
+        for name, needed, capability in (
+            ("hoist_projection", ProjectsInput, "ProjectsInput"),
+            ("custom_backward", DenseRecurrence, "DenseRecurrence"),
+        ):
+            value = getattr(self, name)
+            if value not in (None, True, False):
+                raise TypeError(f"{name} must be True, False or None; got {value!r}")
+            if value and not isinstance(cell, needed):
+                raise ValueError(
+                    f"{name}=True needs a cell with the {capability} capability "
+                    f"(seqjax.recurrences.protocol); {type(cell).__name__} has not"
+                )
+        if self.cpu_kernel not in (None, True, False):
+            raise TypeError(f"cpu_kernel must be True, False or None; got {self.cpu_kernel!r}")
+        if self.cpu_kernel and not cpu_kernel.has_loop(cell):
+            raise ValueError(
+                f"cpu_kernel=True needs a DenseRecurrence cell whose kernel is one of "
+                f"{', '.join(cpu_kernel.KINDS)}; {type(cell).__name__} has kernel="
+                f"{getattr(cell, 'kernel', None)!r}"
+            )
+
+
+def choose(cell: Any, switches: Switches, *arrays: Any) -> Path:
+    """The path for `cell` on these arrays (params, carry, xs: their dtypes count)."""
+    on_cpu = jax.default_backend() == "cpu"
+    custom_backward = switches.custom_backward
+    if custom_backward is None:
+        custom_backward = on_cpu and isinstance(cell, DenseRecurrence)
+    use_kernel = switches.cpu_kernel
+    if use_kernel is None:
+        use_kernel = (
+            on_cpu
+            and custom_backward
+            and cpu_kernel.enabled()
+            and cpu_kernel.supports(cell, *arrays)
+            and cpu_kernel.available()
+        )
+    if use_kernel:
+        return Path.KERNEL
+    if custom_backward:
+        return Path.SCAN_CELL
+    if hoist(cell, switches):
+        return Path.HOISTED
+    return Path.PLAIN
+
+
+def hoist(cell: Any, switches: Switches) -> bool:
+    """Whether the input projection runs before the scan (`HOISTED`, and inside `SCAN_CELL`)."""
+    if switches.hoist_projection is not None:
+        return switches.hoist_projection
+    return jax.default_backend() != "cpu" and isinstance(cell, ProjectsInput)
+
+
+def run(
+    path: Path,
+    cell: Any,
+    params: Any,
+    carry: Any,
+    xs: Array,
+    *,
+    switches: Switches,
+    lengths: Array | None = None,
+    reverse: bool = False,
+    time_major: bool = True,
+) -> tuple[Any, Array]:
+    """Runs `cell` over `xs` on `path`.
+
+    Args:
+      path: from `choose`.
+      cell, params: the cell and its parameters.
+      carry: initial carry, leaves `[b, ...]`.
+      xs: `[t, b, d]` raw inputs; `[b, t, d]` if not `time_major`, which only the
+        `KERNEL` path reads in place (callers transpose for the others).
+      switches: the caller's switches (projection placement, unroll).
+      lengths: optional `[b]` valid lengths (see `seqjax.scan.scan`).
+      reverse: run each sequence from its last valid step to its first.
+      time_major: the layout of xs and ys.
+
+    Returns:
+      `(final_carry, ys)`, ys `[t, b, h]` (`[b, t, h]` if not time_major).
+    """
+    if path is Path.KERNEL:
+        return cpu_kernel.scan_kernel(
+            cell, params, carry, xs, lengths=lengths, reverse=reverse, time_major=time_major
+        )
+    if not time_major:
+        raise ValueError(f"the {path.value} path reads time-major xs [t, b, d]")
+    options = dict(lengths=lengths, reverse=reverse, unroll=switches.unroll)
+    if path is Path.SCAN_CELL:
+        return scan.scan_cell(cell, params, carry, xs, hoist=hoist(cell, switches), **options)
+    if path is Path.HOISTED:
+        return scan.scan(cell.step_projected, params, carry, cell.project(params, xs), **options)
+    return scan.scan(cell.step, params, carry, xs, **options)

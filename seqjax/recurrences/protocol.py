@@ -1,0 +1,146 @@
+"""What a recurrent cell is: a minimal protocol, and the optional capabilities of fast paths.
+
+A cell is four things (`Cell`):
+
+    cell.hidden_size                                   h
+    params = cell.init(key, input_size, dtype)         any pytree
+    carry = cell.initial_carry(batch_shape, dtype)     leaves [*batch_shape, ...]
+    carry, y = cell.step(params, carry, x)             x: [..., d] -> y: [..., h]
+
+That is all that `seqjax.Recurrent`, `seqjax.scan.scan`, the registry, the task
+models, streaming (`step` of layers and models) and the diagnostics need. Such a
+cell runs under `lax.scan` and is differentiated by JAX, on every backend.
+
+Fast paths need more, and a cell offers it by having a capability's attributes
+(checked with `isinstance` against these `typing.Protocol`s before use); a cell
+without one takes the plain path, never a failure deep in a trace:
+
+- `ProjectsInput`: the input enters `step` only through `project`, so a layer can
+  project every time step in one large matmul before the scan.
+- `DenseRecurrence`: the recurrence is one dense matmul `h @ w_hh + b_hh` of a
+  part of the carry, followed by parameter-free elementwise work, with
+  PyTorch-style parameters. `seqjax.scan.scan_cell` differentiates such a cell
+  with a hand-written backward pass.
+- A fused CPU loop: a `DenseRecurrence` cell whose `kernel` attribute names one of
+  `seqjax.recurrences.cpu_kernel.KINDS` runs as one C++ loop on CPU.
+
+A cell that declares a capability promises that the fast path computes what its
+`step` computes; a subclass that changes the maths must drop the capability (set
+`kernel = None`, or override `step` in a class that is not a `DenseRecurrence`).
+
+Optional, for the diagnostics: `recurrent_params`, the names of the top-level
+parameters that act on the carry (`("w_hh",)` for the built-in cells); the
+gradient-flow experiment's "scaled" initialisation multiplies those (every
+parameter if the cell does not say).
+
+A complete cell, IndRNN (Li et al. 2018), `h' = relu(x @ w + u * h + b)`:
+
+>>> import dataclasses
+>>> @dataclasses.dataclass(frozen=True)
+... class IndRNN:
+...     hidden_size: int
+...     def init(self, key, input_size, dtype=jnp.float32):
+...         h = self.hidden_size
+...         w = jax.random.normal(key, (input_size, h), dtype) / input_size**0.5
+...         return {"w": w, "u": jnp.full((h,), 0.5, dtype), "b": jnp.zeros((h,), dtype)}
+...     def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+...         return jnp.zeros((*batch_shape, self.hidden_size), dtype)
+...     def step(self, params, h, x):
+...         h = jax.nn.relu(x @ params["w"] + params["u"] * h + params["b"])
+...         return h, h
+>>> isinstance(IndRNN(4), Cell), isinstance(IndRNN(4), DenseRecurrence)
+(True, False)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = Any
+Carry = Any
+
+
+@runtime_checkable
+class Cell(Protocol):
+    """The minimal recurrent cell; see the module docstring."""
+
+    hidden_size: int  # h: the width of every output y
+
+    def init(self, key: Array, input_size: int, dtype: Any = jnp.float32) -> Params:
+        """Parameters for inputs of `input_size` features."""
+        ...
+
+    def initial_carry(self, batch_shape: tuple[int, ...] = (), dtype: Any = jnp.float32) -> Carry:
+        """The carry before the first step, leaves `[*batch_shape, ...]` (zeros, usually)."""
+        ...
+
+    def step(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
+        """One time step on the raw input `x: [..., d]`; returns `(carry, y: [..., h])`."""
+        ...
+
+
+@runtime_checkable
+class ProjectsInput(Protocol):
+    """Capability: `step(p, c, x) == step_projected(p, c, project(p, x))` for every x."""
+
+    def project(self, params: Params, x: Array) -> Array:
+        """`x: [..., d] -> gx: [..., p]` for any number of leading axes."""
+        ...
+
+    def step_projected(self, params: Params, carry: Carry, gx: Array) -> tuple[Carry, Array]:
+        """One time step given the projected input `gx: [..., p]`."""
+        ...
+
+
+@runtime_checkable
+class DenseRecurrence(ProjectsInput, Protocol):
+    """Capability: a dense recurrent matmul followed by parameter-free elementwise work.
+
+    The parameters are a dict with `w_ih: [d, g*h]`, `w_hh: [h, g*h]` and,
+    optionally, both of `b_ih, b_hh: [g*h]`, and
+
+        project(p, x)           == input_projection(p, x)     # x @ w_ih + b_ih
+        step_projected(p, c, gx) == update(c, gx, recurrent_projection(p, hidden(c)))
+    """
+
+    num_gates: int  # g
+
+    def hidden(self, carry: Carry) -> Array:
+        """The part of the carry that the recurrent matmul reads, `[..., h]`."""
+        ...
+
+    def update(self, carry: Carry, gx: Array, gh: Array) -> tuple[Carry, Array]:
+        """The elementwise rest of a step, from `gx` and `gh = hidden(carry) @ w_hh + b_hh`."""
+        ...
+
+
+def input_projection(params: dict[str, Array], x: Array) -> Array:
+    """`x @ w_ih + b_ih` of a `DenseRecurrence` cell: `[..., d] -> [..., g*h]`."""
+    # As one 2-D matmul: XLA:CPU differentiates a [t, b, d] x [d, g*h] contraction
+    # about 10x slower than the same product flattened to [t*b, d].
+    w = params["w_ih"]
+    gx = (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+    return gx + params["b_ih"] if "b_ih" in params else gx
+
+
+def recurrent_projection(params: dict[str, Array], h: Array) -> Array:
+    """`h @ w_hh + b_hh` of a `DenseRecurrence` cell: `[..., h] -> [..., g*h]`."""
+    gh = h @ params["w_hh"]
+    return gh + params["b_hh"] if "b_hh" in params else gh
+
+
+def check_cell(cell: Any, name: str = "cell") -> None:
+    """Raises a TypeError naming what `cell` lacks of the `Cell` protocol."""
+    missing = [m for m in ("hidden_size", "init", "initial_carry", "step") if not hasattr(cell, m)]
+    if missing:
+        raise TypeError(
+            f"{name} must follow seqjax's Cell protocol (hidden_size, init, initial_carry, step); "
+            f"{type(cell).__name__} has no {', '.join(missing)}"
+        )
+    size = cell.hidden_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"{name}.hidden_size must be a positive int; got {size!r}")

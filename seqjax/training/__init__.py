@@ -1,0 +1,32 @@
+"""Training: every seed and learning rate of a sweep in one compiled program.
+
+config:       `TrainConfig` and the optimiser it builds.
+loop:         `train`, the vmapped chunked training loop, evaluation, `loss_and_metrics`.
+checkpoints:  orbax checkpoints and the metrics file of a group of runs.
+distributed:  device meshes (runs x data) and multi-process jobs.
+"""
+
+from seqjax.training import checkpoints, distributed
+from seqjax.training.config import Optimizer, TrainConfig, make_optimizer
+from seqjax.training.loop import (
+    TrainState,
+    init_state,
+    loss_and_metrics,
+    make_evaluate,
+    make_train_chunk,
+    train,
+)
+
+__all__ = [
+    "Optimizer",
+    "TrainConfig",
+    "TrainState",
+    "checkpoints",
+    "distributed",
+    "init_state",
+    "loss_and_metrics",
+    "make_evaluate",
+    "make_optimizer",
+    "make_train_chunk",
+    "train",
+]

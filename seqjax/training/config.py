@@ -1,0 +1,105 @@
+"""What a group of runs shares (`TrainConfig`), and the optimiser it builds."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import optax
+
+from seqjax.validation import as_enum
+
+
+class Optimizer(enum.Enum):
+    """The update rule, before the schedule and the run's peak learning rate.
+
+    ADAM (Kingma & Ba 2015; AdamW with `weight_decay`), SGD (plain), MOMENTUM
+    (heavy-ball, 0.9), RMSPROP (Tieleman & Hinton 2012), LION (Chen et al. 2023).
+    """
+
+    ADAM = "adam"
+    SGD = "sgd"
+    MOMENTUM = "momentum"
+    RMSPROP = "rmsprop"
+    LION = "lion"
+
+
+_SCALINGS = {
+    Optimizer.ADAM: optax.scale_by_adam,
+    Optimizer.SGD: optax.identity,
+    Optimizer.MOMENTUM: lambda: optax.trace(decay=0.9),
+    Optimizer.RMSPROP: optax.scale_by_rms,
+    Optimizer.LION: optax.scale_by_lion,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What a group of runs shares.
+
+    Args:
+      length: the task's length knob during training (see `seqjax.tasks`).
+      steps: optimisation steps.
+      batch_size: examples per step.
+      warmup_steps: linear warm-up, then cosine decay to `final_lr_fraction` of the peak.
+      final_lr_fraction: the schedule's end, a fraction of the peak in [0, 1].
+      clip_norm: global gradient-norm clipping (None: off).
+      weight_decay: decoupled (AdamW) weight decay, >= 0.
+      optimizer: the update rule; see `Optimizer`.
+      log_every: steps per compiled chunk, between metrics lines.
+      eval_every: steps between evaluations on fresh batches (a multiple of log_every).
+      checkpoint_every: steps between checkpoints (a multiple of log_every; 0: off).
+      eval_batches: batches per evaluation.
+    """
+
+    length: int
+    steps: int = 2000
+    batch_size: int = 64
+    warmup_steps: int = 100
+    final_lr_fraction: float = 0.1
+    clip_norm: float | None = 1.0
+    weight_decay: float = 0.0
+    optimizer: Optimizer | str = Optimizer.ADAM
+    log_every: int = 50
+    eval_every: int = 250
+    checkpoint_every: int = 500
+    eval_batches: int = 4
+
+    def __post_init__(self):
+        for name in ("length", "steps", "batch_size", "log_every", "eval_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("warmup_steps", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) % self.log_every:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} must be a multiple of log_every={self.log_every}"
+                )
+        if self.steps % self.log_every:
+            raise ValueError(f"steps={self.steps} must be a multiple of log_every={self.log_every}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 or None (off); got {self.clip_norm}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError(f"final_lr_fraction must be in [0, 1]; got {self.final_lr_fraction}")
+        object.__setattr__(self, "optimizer", as_enum(Optimizer, self.optimizer, "optimizer"))
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Clipping, the update rule, weight decay and a warm-up + cosine schedule of unit peak.
+
+    The peak learning rate is applied in the step instead (`TrainState.learning_rate`),
+    so that it can differ between vmapped runs of one compiled program.
+    """
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, 1.0, min(config.warmup_steps, config.steps - 1), config.steps, end_value=config.final_lr_fraction
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
+        _SCALINGS[config.optimizer](),
+        optax.add_decayed_weights(config.weight_decay),
+        optax.scale_by_schedule(schedule),
+    )
