@@ -42,6 +42,6 @@ def test_feature_inputs_and_recurrent_one_hot_equals_features(key):
     ):
         SequenceModel("mamba", output_size=O, hidden_size=H, vocab_size=V)
     with pytest.raises(
-        ValueError, match="family 'lstm' takes no option 'num_heads'; its options are .*forget_bias"
+        ValueError, match=r"family 'lstm' takes no option 'num_heads'; its options are .*forget_bias"
     ):
         SequenceModel("lstm", output_size=O, hidden_size=H, vocab_size=V, options={"num_heads": 2})
