@@ -346,11 +346,10 @@ def apply_config(path: str, experiment_name: str) -> None:
     for spec in config.get("user_modules", []):
         user_modules.import_user_module(spec)
     for name, value in config["settings"].items():
-        if FLAGS[name].present:
+        if FLAGS[name].present or value is None:
             continue
-        if isinstance(value, list):
-            value = [str(v) for v in value]
-        FLAGS[name].value = value
+        # Parsed as from a command line, so that the flag counts as given.
+        FLAGS[name].parse(",".join(map(str, value)) if isinstance(value, list) else str(value))
 
 
 def run(experiment: Experiment, settings: Settings) -> list[dict]:

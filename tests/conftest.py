@@ -5,6 +5,10 @@ import pytest
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
+# A user's module, imported by path (experiments.user_modules) where a test needs it;
+# collecting its doctests would import and register it a second time.
+collect_ignore = ["user_cells.py"]
+
 
 @pytest.fixture
 def key():

@@ -53,3 +53,34 @@ def numpy_step(mode, p, carry, x):
     else:
         h = np.tanh(gi + gh) if mode == "rnn_tanh" else np.maximum(gi + gh, 0)
     return h, h
+
+
+def numpy_stack(step, params, xs, lengths, h0):
+    """A deep, bidirectional recurrent stack in float64 NumPy, each sequence alone and
+    only its valid steps: the reference for `seqjax.Recurrent` over a one-array carry.
+
+    step: `(p, h [h], x [d]) -> (h, y)` on NumPy arrays; params[layer][direction];
+    xs: `[t, b, d]`; lengths: `[b]`; h0: `[L*n, b, h]`. Returns outputs
+    `[t, b, n*h]` (zero past each length) and final states `[L*n, b, h]`.
+    """
+    params = [[{k: np.asarray(v, np.float64) for k, v in p.items()} for p in layer] for layer in params]
+    xs, h0 = np.asarray(xs, np.float64), np.asarray(h0, np.float64)
+    n = len(params[0])
+    num_steps, batch = xs.shape[:2]
+    outputs, finals = None, np.zeros(h0.shape)
+    for b in range(batch):
+        valid = range(int(lengths[b]))
+        inputs = xs[:, b]
+        for l, layer in enumerate(params):
+            ys = []
+            for d, p in enumerate(layer):
+                h, y_d = h0[l * n + d, b], np.zeros((num_steps, h0.shape[-1]))
+                for t in reversed(valid) if d else valid:
+                    h, y_d[t] = step(p, h, inputs[t])
+                finals[l * n + d, b] = h
+                ys.append(y_d)
+            inputs = np.concatenate(ys, axis=-1)
+        if outputs is None:
+            outputs = np.zeros((num_steps, batch, inputs.shape[-1]))
+        outputs[:, b] = inputs
+    return outputs, finals

@@ -3,13 +3,17 @@
 import csv
 import importlib
 import json
+import pathlib
+import subprocess
+import sys
 
 import jax
 import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
-from experiments import common
+from experiments import common, user_modules
+from seqjax.training import Optimizer
 
 TINY = dict(seeds=(0, 1), learning_rates=(1e-2,), steps=4, batch_size=4, hidden_size=8, num_heads=2)
 TINY |= dict(log_every=2, eval_every=2, checkpoint_every=4)
@@ -25,6 +29,14 @@ CASES = [
 ]
 COLUMNS = ["model", "length", "seed", "learning_rate", "steps", "final_loss", "accuracy", "baseline_loss"]
 COLUMNS += ["solved", "params", "seconds"]
+USER_CELLS = pathlib.Path(__file__).with_name("user_cells.py")
+TIMING = ("seconds", "tokens_per_second")
+
+
+@pytest.fixture(scope="module")
+def indrnn():
+    """The user's cell family of tests/user_cells.py, registered as "indrnn"."""
+    return user_modules.import_user_module(str(USER_CELLS)).IndRNN
 
 
 @pytest.fixture(autouse=True)
@@ -68,13 +80,66 @@ def test_experiment_runs_and_writes_outputs(name, models, lengths, eval_lengths,
         assert (tmp_path / f"{model}_len{lengths[0]}" / "metrics.jsonl").exists()
 
 
-def test_matched_parameter_counts():
+def test_matched_parameter_counts(indrnn):
     experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
     settings = common.Settings(models=("lstm",), lengths=(5,), **{**TINY, "hidden_size": 32})
     target = common._num_params(common.matched_model(experiment, settings, "lstm"))
-    for kind in ("rnn", "gru", "transformer"):
-        matched = common._num_params(common.matched_model(experiment, settings, kind))
-        assert abs(matched - target) / target < 0.1, kind
+    for spec in ("rnn", "gru", "transformer", "transformer:positional=sinusoidal", "indrnn"):
+        matched = common.matched_model(experiment, settings, spec)
+        assert abs(common._num_params(matched) - target) / target < 0.1, spec
+    # Only widths the family accepts: 2 heads of an even (rotary) size divide the Transformer's.
+    assert common.matched_model(experiment, settings, "transformer").hidden_size % 4 == 0
+
+
+def test_config_json_reruns_the_same_sweep(tmp_path):
+    experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
+    settings = common.Settings(
+        models=("gru", "rnn:nonlinearity=relu"), lengths=(3,), workdir=str(tmp_path / "first"), **TINY
+    )
+    settings = common.dataclasses.replace(settings, optimizer="sgd", clip_norm=0.5, warmup_steps=1)
+    rows = common.run(experiment, settings)
+    config = json.loads((tmp_path / "first" / "config.json").read_text())
+    assert config["settings"]["models"] == ["gru", "rnn:nonlinearity=relu"]
+    assert config["environment"]["backend"] == jax.default_backend() and config["environment"]["jax"]
+    with flagsaver.as_parsed(config=str(tmp_path / "first" / "config.json"), workdir=str(tmp_path / "again")):
+        common.apply_config(flags.FLAGS.config, experiment.name)
+        again = common.settings_from_flags(experiment)
+    assert again == common.dataclasses.replace(settings, workdir=str(tmp_path / "again"))
+    rerun = common.run(experiment, again)
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in rerun] == [
+        {k: v for k, v in r.items() if k not in TIMING} for r in rows
+    ]
+    config_for = common._train_config(again, 3)
+    assert (config_for.optimizer, config_for.clip_norm, config_for.warmup_steps) == (Optimizer.SGD, 0.5, 1)
+    with flagsaver.as_parsed(config=str(tmp_path / "first" / "config.json")):
+        with pytest.raises(app.UsageError, match="a config of 'copy_task', not of 'adding'"):
+            common.apply_config(flags.FLAGS.config, "adding")
+
+
+def test_a_user_module_family_trains_from_the_command_line(tmp_path):
+    """`--user_module` is imported before the flags are read, so `--models` knows its family."""
+    args = ["--models=indrnn,gru", "--lengths=3", "--seeds=0", "--steps=4", "--batch_size=4"]
+    args += ["--hidden_size=8", "--log_every=2", "--eval_every=2", "--checkpoint_every=0", "--match_params"]
+    args += [f"--user_module={USER_CELLS}", f"--workdir={tmp_path}"]
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.copy_task", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["model"] for row in summary] == ["indrnn", "gru"]
+    assert "| indrnn | 3 |" in out.stdout
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["user_modules"] == [str(USER_CELLS.resolve())]
+    unknown = subprocess.run(
+        [sys.executable, "-m", "experiments.copy_task", "--models=indrnn", f"--workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert unknown.returncode != 0 and "unknown model family 'indrnn'" in unknown.stderr
 
 
 def test_bad_flags_are_reported_before_compiling():
@@ -94,15 +159,26 @@ def test_bad_flags_are_reported_before_compiling():
             common.settings_from_flags(experiment)
 
 
-def test_gradient_flow_experiment(tmp_path, capsys):
+def test_gradient_flow_experiment(tmp_path, capsys, indrnn):
     from experiments import gradient_flow
 
     flags.FLAGS(["prog"])
-    small = dict(length=6, hidden_size=8, batch_size=2, clip_steps=10, inits=["default", "scaled"])
-    with flagsaver.flagsaver(**small, workdir=str(tmp_path)):
+    small = dict(length=6, hidden_size=8, batch_size=2, clip_steps=10)
+    small["inits"] = ["default", "orthogonal", "scaled"]
+    models = ["rnn", "rnn:nonlinearity=relu", "indrnn", "transformer"]
+    with flagsaver.as_parsed(models=",".join(models)), flagsaver.flagsaver(**small, workdir=str(tmp_path)):
         gradient_flow.main(["prog"])
     rows = json.loads((tmp_path / "profiles.json").read_text())
-    assert {(r["model"], r["init"]) for r in rows} >= {("rnn", "scaled"), ("transformer", "default")}
+    measured = {(r["model"], r["init"]) for r in rows}
+    assert measured >= {
+        ("rnn", "scaled"),
+        ("indrnn", "default"),
+        ("indrnn", "scaled"),
+        ("transformer", "scaled"),
+    }
+    # Families without a recurrent_init option have no orthogonal row.
+    assert ("rnn", "orthogonal") in measured and ("indrnn", "orthogonal") not in measured
+    assert ("transformer", "orthogonal") not in measured
     assert all(len(r["profile"]) == 6 for r in rows)
     assert set(json.loads((tmp_path / "clipping.json").read_text())) == {
         "no clipping",
@@ -115,12 +191,10 @@ def test_gradient_flow_experiment(tmp_path, capsys):
 
 def test_throughput_benchmark_runs_and_reports(tmp_path):
     """A tiny sweep through the worker processes: every job reports, tables are written."""
-    import subprocess
-    import sys
-
     args = [
         "--configs=S=2x5x3x4",
-        "--cells=gru",
+        "--cells=gru,indrnn",
+        f"--user_module={USER_CELLS}",
         "--stacks=1,2bi",
         "--modes=train,forward",
         "--systems=seqjax,flax_linen_GRUCell",
@@ -138,9 +212,11 @@ def test_throughput_benchmark_runs_and_reports(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     timed = [r for r in rows if "median_ms" in r]
-    # 2 systems x 2 stacks x 2 modes, plus one scaling job.
-    assert len(timed) == 9
-    assert all(r["median_ms"] > 0 and r["gflops"] > 0 for r in timed)
+    # gru: 2 systems x 2 stacks x 2 modes; indrnn: seqjax's x 2 stacks x 2 modes; one scaling job.
+    assert len(timed) == 13
+    assert all(r["median_ms"] > 0 for r in timed)
+    assert all((r["gflops"] is None) == (r["cell"] == "indrnn") for r in timed)  # indrnn has no dense gates
     assert {r["system"] for r in timed} == {"seqjax", "flax_linen_GRUCell"}
     report = (tmp_path / "results.md").read_text()
-    assert "| gru | seqjax |" in report and "layers 2bi, train" in report and "Scaling" in report
+    assert "| gru | seqjax |" in report and "| indrnn | seqjax |" in report
+    assert "layers 2bi, train" in report and "Scaling" in report
