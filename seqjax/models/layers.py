@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -306,7 +306,30 @@ class Recurrent:
 
 
 class _TorchLayer(Recurrent):
-    """A built-in cell's layer: PyTorch's arguments, exact `state_dict` conversion."""
+    """A built-in cell's layer: PyTorch's arguments in PyTorch's order, exact
+    `state_dict` conversion. Keyword-only: the cell's own options (`recurrent_init`,
+    and the LSTM's `forget_bias`) and the switches of `Recurrent`."""
+
+    _cell_type: ClassVar[type]
+    _SWITCHES: ClassVar[tuple[str, ...]] = ("unroll", "hoist_projection", "custom_backward", "cpu_kernel")
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        **options: Any,
+    ):
+        switches = {name: options.pop(name) for name in self._SWITCHES if name in options}
+        cell = self._cell_type(hidden_size, bias=bias, **options)
+        super().__init__(
+            cell, input_size, num_layers, bidirectional=bidirectional, batch_first=batch_first,
+            dropout=dropout, **switches,
+        )  # fmt: skip
 
     @property
     def bias(self) -> bool:
@@ -343,6 +366,8 @@ class RNN(_TorchLayer):
     ((3, 5, 8), (2, 3, 8))
     """
 
+    _cell_type = cells.RNNCell
+
     def __init__(
         self,
         input_size: int,
@@ -353,14 +378,11 @@ class RNN(_TorchLayer):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        *,
-        recurrent_init: RecurrentInit | str = RecurrentInit.UNIFORM,
-        **switches: Any,
+        **options: Any,
     ):
-        cell = cells.RNNCell(hidden_size, nonlinearity, bias=bias, recurrent_init=recurrent_init)
         super().__init__(
-            cell, input_size, num_layers, bidirectional=bidirectional, batch_first=batch_first,
-            dropout=dropout, **switches,
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            nonlinearity=nonlinearity, **options,
         )  # fmt: skip
 
     @property
@@ -384,25 +406,7 @@ class LSTM(_TorchLayer):
     ((5, 3, 16), (2, 3, 8), (2, 3, 8))
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        *,
-        recurrent_init: RecurrentInit | str = RecurrentInit.UNIFORM,
-        forget_bias: float | None = None,
-        **switches: Any,
-    ):
-        cell = cells.LSTMCell(hidden_size, forget_bias, bias=bias, recurrent_init=recurrent_init)
-        super().__init__(
-            cell, input_size, num_layers, bidirectional=bidirectional, batch_first=batch_first,
-            dropout=dropout, **switches,
-        )  # fmt: skip
+    _cell_type = cells.LSTMCell
 
     @property
     def forget_bias(self) -> float | None:
@@ -423,21 +427,4 @@ class GRU(_TorchLayer):
     ((5, 3, 8), (3, 3, 8))
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        *,
-        recurrent_init: RecurrentInit | str = RecurrentInit.UNIFORM,
-        **switches: Any,
-    ):
-        cell = cells.GRUCell(hidden_size, bias=bias, recurrent_init=recurrent_init)
-        super().__init__(
-            cell, input_size, num_layers, bidirectional=bidirectional, batch_first=batch_first,
-            dropout=dropout, **switches,
-        )  # fmt: skip
+    _cell_type = cells.GRUCell
