@@ -326,7 +326,7 @@ def _mesh(settings: Settings) -> Mesh | None:
     if jax.device_count() == 1 and settings.run_devices == 1:
         return None
     if jax.default_backend() == "cpu":
-        # The fused CPU kernel is not partitioned (seqjax.cpu_kernel.enabled); the
+        # The fused CPU kernel is not partitioned (seqjax.recurrences.cpu_kernel.enabled); the
         # scan is, so each device trains its own share.
         os.environ["SEQJAX_CPU_KERNEL"] = "0"
     return distributed.make_mesh(settings.run_devices)

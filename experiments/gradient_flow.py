@@ -51,7 +51,7 @@ flags.DEFINE_integer("clip_steps", 300, "Steps of the clipping comparison (a mul
 flags.DEFINE_list("inits", ["default", "orthogonal", "scaled"], "Initialisations to profile.")
 FLAGS = flags.FLAGS
 INITS = ("default", "orthogonal", "scaled")
-MODELS = ("rnn", "rnn:nonlinearity=relu", "lstm", "gru", "transformer")  # unless --models is given
+MODELS = ("rnn", "rnn:nonlinearity=relu", "lstm", "lstm:forget_bias=None", "gru", "transformer")  # default
 INPUT_SIZE = 8
 BACKBONE_LAYERS = 2  # a backbone family is profiled two layers deep, as attention needs
 

@@ -32,7 +32,7 @@ class Recurrent(nnx.Module):
         self.params = nnx.data(jax.tree.map(nnx.Param, layer.init(rngs.params(), dtype)))
 
     def params_tree(self) -> Any:
-        """The parameters as the plain pytree of `seqjax.layers`."""
+        """The parameters as the plain pytree of `seqjax.models.layers`."""
         return jax.tree.map(lambda p: p[...], self.params, is_leaf=lambda x: isinstance(x, nnx.Param))
 
     def __call__(

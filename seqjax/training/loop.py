@@ -13,10 +13,10 @@ Checkpoints are orbax's (atomic: written to a temporary directory, then
 renamed); `resume=True` continues from the latest one. Metrics go to
 `workdir/metrics.jsonl`, one line per run per log step.
 
-Given a `mesh` (`seqjax.distributed.make_mesh`), the runs are split along its
+Given a `mesh` (`seqjax.training.distributed.make_mesh`), the runs are split along its
 `runs` axis and every step's batch along its `data` axis, with parameters
 replicated over `data` and their gradients reduced by XLA's collectives; the
-mesh may span the devices of several processes (`seqjax.distributed.initialize`),
+mesh may span the devices of several processes (`seqjax.training.distributed.initialize`),
 each of which then calls `train` with the same arguments. Process 0 writes the
 metrics; checkpoints are orbax's multi-host ones, and restore onto whatever mesh
 the resuming job has.
