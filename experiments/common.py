@@ -194,11 +194,11 @@ def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
 
 def model_options(settings: Settings, spec: str) -> tuple[str, dict[str, Any]]:
     """The family of `spec` and its options: the spec's own, then the shared flags'
-    (--num_heads, --positional) for a family that takes them."""
+    (--num_heads, --positional) for a family whose factory names them."""
     name, options = parse_model(spec)
     family = registry.get(name)
     for option in _SHARED_OPTIONS:
-        if option not in options and family.accepts(option):
+        if option not in options and option in family.option_names():
             options[option] = getattr(settings, option)
     return name, options
 

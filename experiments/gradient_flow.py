@@ -67,7 +67,7 @@ def _options(settings: common.Settings, spec: str, init: str) -> dict[str, Any] 
     """The family's options for `init`, or None if the family cannot take that init."""
     name, options = common.model_options(settings, spec)
     if init == "orthogonal":
-        if not registry.get(name).accepts("recurrent_init"):
+        if "recurrent_init" not in registry.get(name).option_names():
             return None
         options["recurrent_init"] = "orthogonal"
     return options

@@ -48,26 +48,27 @@ class Family:
     def factory(self) -> Callable[..., Any]:
         return self.make_cell if self.make_cell is not None else self.make_backbone
 
-    def accepts(self, option: str) -> bool:
-        """Whether the factory takes the keyword `option` (by name or through `**kwargs`)."""
-        parameters = inspect.signature(self.factory).parameters.values()
-        return any(
-            p.kind is p.VAR_KEYWORD or (p.name == option and p.kind is not p.POSITIONAL_ONLY)
-            for p in parameters
+    def option_names(self) -> tuple[str, ...]:
+        """The options the factory names: its keyword parameters, less those that
+        `SequenceModel` passes itself (hidden_size, num_layers, sizes, dropout)."""
+        return tuple(
+            p.name
+            for p in inspect.signature(self.factory).parameters.values()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in _STRUCTURAL
         )
+
+    def accepts(self, option: str) -> bool:
+        """Whether the factory takes the keyword `option`, by name or through `**kwargs`."""
+        parameters = inspect.signature(self.factory).parameters.values()
+        return option in self.option_names() or any(p.kind is p.VAR_KEYWORD for p in parameters)
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         """Raises a ValueError naming every option the factory does not take."""
         unknown = [name for name in options if name in _STRUCTURAL or not self.accepts(name)]
         if unknown:
-            taken = [
-                p.name
-                for p in inspect.signature(self.factory).parameters.values()
-                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in _STRUCTURAL
-            ]
             raise ValueError(
                 f"family {self.name!r} takes no option {', '.join(map(repr, unknown))}; "
-                f"its options are {', '.join(taken) or 'none'}"
+                f"its options are {', '.join(self.option_names()) or 'none'}"
             )
 
 

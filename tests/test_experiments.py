@@ -91,6 +91,21 @@ def test_matched_parameter_counts(indrnn):
     assert common.matched_model(experiment, settings, "transformer").hidden_size % 4 == 0
 
 
+def test_model_specs_and_shared_options(indrnn):
+    settings = common.Settings(models=("lstm",), lengths=(5,), **{**TINY, "positional": "learned"})
+    assert common.model_options(settings, "transformer:num_heads=4") == (
+        "transformer",
+        {"num_heads": 4, "positional": "learned"},
+    )
+    assert common.model_options(settings, "lstm:forget_bias=None") == ("lstm", {"forget_bias": None})
+    assert common.model_options(settings, "indrnn") == ("indrnn", {})  # names neither shared option
+    assert common.parse_model("rnn:nonlinearity=relu:bias=False") == (
+        "rnn",
+        {"nonlinearity": "relu", "bias": False},
+    )
+    assert common.label("rnn:nonlinearity=relu") == "rnn_nonlinearity=relu"
+
+
 def test_config_json_reruns_the_same_sweep(tmp_path):
     experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
     settings = common.Settings(

@@ -13,7 +13,7 @@ import pytest
 import seqjax
 from experiments import user_modules
 from seqjax import registry
-from seqjax.models import Recurrent, SequenceModel
+from seqjax.models import Backbone, Recurrent, SequenceModel
 from seqjax.recurrences import cells, cpu_kernel, paths, scan
 from seqjax.recurrences.protocol import Cell, DenseRecurrence, ProjectsInput
 from tests.helpers import check_grads_by_finite_differences, numpy_stack
@@ -123,6 +123,7 @@ def test_step_equals_apply_and_state_stops_at_each_length(family, options, indrn
     model = SequenceModel(
         family, output_size=3, hidden_size=H + 1, input_size=D, num_layers=2, options=options
     )
+    assert isinstance(model.backbone, Backbone)
     params = model.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (B, T, D))
     full = model.apply(params, xs)

@@ -106,11 +106,11 @@ class SequenceModel:
     input_size: int | None = None
     num_layers: int = 1
     dropout: float = 0.0
-    options: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
+    options: Mapping[str, Any] | tuple[tuple[str, Any], ...] | None = ()
 
     def __post_init__(self):
         family = registry.get(self.family)
-        options = dict(self.options)
+        options = dict(self.options or ())
         family.check_options(options)
         for name, value in options.items():
             try:
