@@ -209,26 +209,27 @@ class Recurrent:
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"x must have shape [batch, input_size={self.input_size}]; got {x.shape}")
         unbatched = x.ndim == 1
-        carries = self._check_state(state, 1 if unbatched else x.shape[0], x.dtype, unbatched)
+        state = self._check_state(state, 1 if unbatched else x.shape[0], x.dtype, unbatched)
         self._check_params(params)
-        state, y = self._step(params, carries, x[None] if unbatched else x)
+        state, y = self._step(params, state, x[None] if unbatched else x)
         if unbatched:
             return jax.tree.map(lambda s: s[:, 0], state), y[0]
         return state, y
 
     # Compiled once per configuration (the layer is hashable), also when called eagerly.
     @functools.partial(jax.jit, static_argnums=0)
-    def _step(self, params, carries, x):
+    def _step(self, params, state, x):
         finals = []
-        for layer_params, carry in zip(params, carries, strict=True):
+        for layer_params, carry in zip(params, self._carries(state), strict=True):
             carry, x = self.cell.step(layer_params[0], carry, x)
             finals.append(carry)
         return jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals), x
 
     @functools.partial(jax.jit, static_argnums=(0, 6, 7))
-    def _run(self, params, xs, carries, lengths, key, use_dropout, time_major):
-        """xs: [t, b, d] ([b, t, d] if not time_major) -> (outputs [t, b, n*h] (or
-        [b, t, n*h]), final state [L*n, b, ...])."""
+    def _run(self, params, xs, state, lengths, key, use_dropout, time_major):
+        """xs: [t, b, d] ([b, t, d] if not time_major), state [L*n, b, ...] -> (outputs
+        [t, b, n*h] (or [b, t, n*h]), final state [L*n, b, ...])."""
+        carries = self._carries(state)
         path = paths.choose(self.cell, self.switches, params, carries, xs)
         # The kernel reads and writes batch-major arrays in place; the scans need time-major.
         transpose = not time_major and path is not paths.Path.KERNEL
@@ -275,34 +276,40 @@ class Recurrent:
                 "make them with init()"
             )
 
-    def _check_state(self, state: Any, batch: int, dtype: Any, unbatched: bool) -> list[Any]:
-        """Returns one carry per layer and direction, leaves `[b, ...]`."""
-        expected = jax.eval_shape(lambda: self.initial_state(batch, dtype))
+    def _check_state(self, state: Any, batch: int, dtype: Any, unbatched: bool) -> Any:
+        """The state as `initial_state(batch)` structures it, leaves `[L*n, b, ...]`."""
         if state is None:
-            state = self.initial_state(batch, dtype)
-        else:
-            want, treedef = jax.tree.flatten(expected)
-            got = jax.tree.leaves(state)
-            name = type(expected).__name__ if len(want) > 1 else "an array"
-            if len(got) != len(want):
+            return self.initial_state(batch, dtype)
+        treedef, shapes = _state_structure(self, batch, jnp.dtype(dtype))
+        got = jax.tree.leaves(state)
+        if len(got) != len(shapes):
+            name = "an array" if len(shapes) == 1 else f"{treedef.node_data()[0].__name__}"
+            raise ValueError(
+                f"initial_state must be {name} of {len(shapes)} array(s), as initial_state() makes it "
+                f"(a pair (h0, c0) for an LSTM); got {len(got)}"
+            )
+        got = [jnp.asarray(x) for x in got]
+        for leaf, shape in zip(got, shapes, strict=True):
+            shape = shape[:1] + shape[2:] if unbatched else shape
+            if leaf.shape != shape:
                 raise ValueError(
-                    f"initial_state must be {name} of {len(want)} array(s), as initial_state() makes it "
-                    f"(a pair (h0, c0) for an LSTM); got {len(got)}"
+                    f"initial_state must have shape [num_layers*num_directions, batch, hidden_size]="
+                    f"{shape}; got {leaf.shape}"
                 )
-            got = [jnp.asarray(x) for x in got]
-            for leaf, ref in zip(got, want, strict=True):
-                shape = ref.shape[:1] + ref.shape[2:] if unbatched else ref.shape
-                if leaf.shape != shape:
-                    raise ValueError(
-                        f"initial_state must have shape [num_layers*num_directions, batch, hidden_size]="
-                        f"{shape}; got {leaf.shape}"
-                    )
-            if unbatched:
-                got = [x[:, None] for x in got]
-            state = jax.tree.unflatten(treedef, got)
+        return jax.tree.unflatten(treedef, [x[:, None] for x in got] if unbatched else got)
+
+    def _carries(self, state: Any) -> list[Any]:
+        """One carry per layer and direction (leaves `[b, ...]`) from a stacked state."""
         return [
             jax.tree.map(lambda s, i=i: s[i], state) for i in range(self.num_layers * self.num_directions)
         ]
+
+
+@functools.lru_cache(maxsize=256)
+def _state_structure(layer: Recurrent, batch: int, dtype: Any) -> tuple[Any, tuple[tuple[int, ...], ...]]:
+    """The tree structure and leaf shapes of `layer.initial_state(batch, dtype)`."""
+    leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: layer.initial_state(batch, dtype)))
+    return treedef, tuple(leaf.shape for leaf in leaves)
 
 
 class _TorchLayer(Recurrent):
