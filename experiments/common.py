@@ -245,6 +245,9 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         run_devices=FLAGS.run_devices,
     )
     try:  # build every model and config once, so that bad values fail before compiling
+        for name in ("models", "seeds", "learning_rates"):
+            if not getattr(settings, name):
+                raise ValueError(f"--{name} must name at least one; got none")
         if len(set(models)) != len(models):
             raise ValueError(f"--models lists a model twice: {','.join(models)}")
         for length in settings.lengths + settings.eval_lengths:

@@ -158,6 +158,8 @@ def test_bad_flags_are_reported_before_compiling():
         (dict(models=["lstm:forgetbias=0"]), "--models: family 'lstm' takes no option 'forgetbias'"),
         (dict(models=["lstm:forget_bias"]), "options follow the family as key=value"),
         (dict(models=["gru", "gru"]), "--models lists a model twice"),
+        (dict(models=[]), "--models must name at least one"),
+        (dict(seeds=[]), "--seeds must name at least one"),
         (dict(match_params=True, match_reference="mamba"), "--match_reference: unknown model family"),
         (dict(lengths=["10", "x"]), "--lengths must be a comma list of ints"),
         (dict(lengths=["0"]), "length of the copy task must be an int >= 1"),
