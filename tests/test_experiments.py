@@ -106,48 +106,42 @@ def test_model_specs_and_shared_options(indrnn):
     assert common.label("rnn:nonlinearity=relu") == "rnn_nonlinearity=relu"
 
 
-def test_config_json_reruns_the_same_sweep(tmp_path):
-    experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
-    settings = common.Settings(
-        models=("rnn:nonlinearity=relu",), lengths=(3,), workdir=str(tmp_path / "first"), **TINY
-    )
-    settings = common.dataclasses.replace(settings, optimizer="sgd", clip_norm=0.5, warmup_steps=1)
-    rows = common.run(experiment, settings)
-    config = json.loads((tmp_path / "first" / "config.json").read_text())
-    assert config["settings"]["models"] == ["rnn:nonlinearity=relu"]
-    assert config["environment"]["backend"] == jax.default_backend() and config["environment"]["jax"]
-    with flagsaver.as_parsed(config=str(tmp_path / "first" / "config.json"), workdir=str(tmp_path / "again")):
-        common.apply_config(flags.FLAGS.config, experiment.name)
-        again = common.settings_from_flags(experiment)
-    assert again == common.dataclasses.replace(settings, workdir=str(tmp_path / "again"))
-    rerun = common.run(experiment, again)
-    assert [{k: v for k, v in r.items() if k not in TIMING} for r in rerun] == [
-        {k: v for k, v in r.items() if k not in TIMING} for r in rows
-    ]
-    config_for = common._train_config(again, 3)
-    assert (config_for.optimizer, config_for.clip_norm, config_for.warmup_steps) == (Optimizer.SGD, 0.5, 1)
-    with flagsaver.as_parsed(config=str(tmp_path / "first" / "config.json")):
-        with pytest.raises(app.UsageError, match="a config of 'copy_task', not of 'adding'"):
-            common.apply_config(flags.FLAGS.config, "adding")
-
-
-def test_a_user_module_family_trains_from_the_command_line(tmp_path):
-    """`--user_module` is imported before the flags are read, so `--models` knows its family."""
-    args = ["--models=indrnn", "--lengths=3", "--seeds=0", "--steps=4", "--batch_size=4"]
-    args += ["--hidden_size=8", "--log_every=2", "--eval_every=2", "--checkpoint_every=0"]
-    args += [f"--user_module={USER_CELLS}", f"--workdir={tmp_path}"]
+def test_a_user_family_trains_from_the_command_line_and_reruns_from_its_config(tmp_path, indrnn):
+    """`--user_module` is imported before the flags are read, so `--models` knows its family;
+    the run's config.json reruns the same sweep (here in this process) to the same summary."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    args = ["--models=indrnn", "--lengths=3", "--seeds=0,1", "--steps=4", "--batch_size=4", "--hidden_size=8"]
+    args += ["--log_every=2", "--eval_every=2", "--checkpoint_every=0", "--optimizer=sgd", "--clip_norm=0.5"]
+    args += ["--warmup_steps=1", f"--user_module={USER_CELLS}", f"--workdir={first}"]
     out = subprocess.run(
-        [sys.executable, "-m", "experiments.copy_task", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, "-m", "experiments.copy_task", *args], capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [row["model"] for row in summary] == ["indrnn"]
+    summary = json.loads((first / "summary.json").read_text())
+    assert [row["model"] for row in summary] == ["indrnn", "indrnn"]
     assert "| indrnn | 3 |" in out.stdout
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = json.loads((first / "config.json").read_text())
     assert config["user_modules"] == [str(USER_CELLS.resolve())]
+    assert config["environment"]["backend"] == jax.default_backend() and config["environment"]["jax"]
+
+    experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
+    with flagsaver.as_parsed(config=str(first / "config.json"), workdir=str(again)):
+        common.apply_config(flags.FLAGS.config, experiment.name)
+        settings = common.settings_from_flags(experiment)
+    assert (settings.models, settings.seeds, settings.workdir) == (("indrnn",), (0, 1), str(again))
+    train_config = common._train_config(settings, 3)
+    assert (train_config.optimizer, train_config.clip_norm, train_config.warmup_steps) == (
+        Optimizer.SGD,
+        0.5,
+        1,
+    )
+    rerun = json.loads(json.dumps(common.run(experiment, settings)))
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in rerun] == [
+        {k: v for k, v in r.items() if k not in TIMING} for r in summary
+    ]
+    with flagsaver.as_parsed(config=str(first / "config.json")):
+        with pytest.raises(app.UsageError, match="a config of 'copy_task', not of 'adding'"):
+            common.apply_config(flags.FLAGS.config, "adding")
 
 
 def test_bad_flags_are_reported_before_compiling():
