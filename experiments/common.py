@@ -46,7 +46,7 @@ from jax.sharding import Mesh
 from experiments import run_config, user_modules
 from seqjax import registry
 from seqjax.models import SequenceModel, count_params
-from seqjax.training import TrainConfig, distributed, make_evaluate, train
+from seqjax.training import Optimizer, TrainConfig, distributed, make_evaluate, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -78,12 +78,7 @@ flags.DEFINE_integer("log_every", None, "Steps between metric lines (one compile
 flags.DEFINE_integer("eval_every", None, "Steps between evaluations; a multiple of log_every.")
 flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints; a multiple of log_every (0: off).")
 flags.DEFINE_boolean("resume", False, "Continue each group from its latest checkpoint in --workdir.")
-flags.DEFINE_enum(
-    "optimizer",
-    "adam",
-    ["adam", "sgd", "momentum", "rmsprop", "lion"],
-    "Update rule (seqjax.training.Optimizer).",
-)
+flags.DEFINE_enum("optimizer", "adam", [o.value for o in Optimizer], "Update rule (training.Optimizer).")
 flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0: no clipping).")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW with adam).")
 flags.DEFINE_integer("warmup_steps", None, "Linear warm-up steps (default: min(100, steps // 10)).")
