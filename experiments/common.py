@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import ast
 import bisect
+import contextlib
 import csv
 import dataclasses
 import itertools
 import json
+import math
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -46,7 +49,18 @@ from jax.sharding import Mesh
 from experiments import run_config, user_modules
 from seqjax import registry
 from seqjax.models import SequenceModel, count_params
-from seqjax.training import Optimizer, TrainConfig, distributed, make_evaluate, train
+from seqjax.models.transformer import Positional
+from seqjax.training import (
+    NonFiniteError,
+    OnNonFinite,
+    Optimizer,
+    TrainConfig,
+    checkpoints,
+    distributed,
+    make_evaluate,
+    train,
+)
+from seqjax.validation import check_positive_int, check_real
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -65,8 +79,8 @@ flags.DEFINE_integer("batch_size", 64, "Examples per step.")
 flags.DEFINE_integer("hidden_size", 64, "Width of every model (the recurrent h; d_model of the Transformer).")
 flags.DEFINE_integer("num_layers", 1, "Layers of every model (the experiment's default if unset).")
 flags.DEFINE_integer("num_heads", 4, "Attention heads: the num_heads option of every family that has it.")
-flags.DEFINE_string(
-    "positional", "rope", "Positions (learned, sinusoidal, rope, none): the option of every family with it."
+flags.DEFINE_enum(
+    "positional", "rope", [p.value for p in Positional], "Positions: the option of every family that has it."
 )
 flags.DEFINE_boolean(
     "match_params", False, "Resize each model's width to --match_reference's parameter count."
@@ -82,6 +96,13 @@ flags.DEFINE_enum("optimizer", "adam", [o.value for o in Optimizer], "Update rul
 flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0: no clipping).")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW with adam).")
 flags.DEFINE_integer("warmup_steps", None, "Linear warm-up steps (default: min(100, steps // 10)).")
+flags.DEFINE_enum(
+    "on_nonfinite",
+    "stop",
+    [o.value for o in OnNonFinite],
+    "When a run's loss, gradient norm or weights stop being finite: stop (exit non-zero, keeping the last "
+    "finite checkpoint), skip_run (mark it failed, train the others on) or continue.",
+)
 flags.DEFINE_string("config", None, "A run's config.json: rerun it (flags given explicitly still apply).")
 flags.DEFINE_integer(
     "run_devices", 1, "Devices that split the runs (seeds x learning rates); the others split each batch."
@@ -154,6 +175,7 @@ class Settings:
     clip_norm: float = 1.0
     weight_decay: float = 0.0
     warmup_steps: int | None = None
+    on_nonfinite: str = "stop"
     run_devices: int = 1
 
 
@@ -206,13 +228,16 @@ def label(spec: str) -> str:
 def settings_from_flags(experiment: Experiment) -> Settings:
     """Reads and checks the flags, before anything is compiled."""
     models = tuple(m.strip() for m in FLAGS.models)
-    steps = FLAGS.steps or experiment.steps
-    log_every = FLAGS.log_every or min(50, steps)
-    eval_every = FLAGS.eval_every or max(log_every, (steps // 8) // log_every * log_every)
+    # An unset flag takes the experiment's default; a flag given as 0 is an error, not unset.
+    steps = experiment.steps if FLAGS.steps is None else FLAGS.steps
+    log_every = min(50, steps) if FLAGS.log_every is None else FLAGS.log_every
+    eval_every = FLAGS.eval_every
+    if eval_every is None:
+        eval_every = max(log_every, (steps // 8) // log_every * log_every) if log_every > 0 else log_every
     checkpoint_every = FLAGS.checkpoint_every if FLAGS.checkpoint_every is not None else 10 * log_every
     settings = Settings(
         models=models,
-        lengths=_parse(FLAGS.lengths, int, "lengths") if FLAGS.lengths else experiment.lengths,
+        lengths=experiment.lengths if FLAGS.lengths is None else _parse(FLAGS.lengths, int, "lengths"),
         seeds=_parse(FLAGS.seeds, int, "seeds"),
         learning_rates=_parse(FLAGS.learning_rates, float, "learning_rates")
         if FLAGS["learning_rates"].present
@@ -237,12 +262,20 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         clip_norm=FLAGS.clip_norm,
         weight_decay=FLAGS.weight_decay,
         warmup_steps=FLAGS.warmup_steps,
+        on_nonfinite=FLAGS.on_nonfinite,
         run_devices=FLAGS.run_devices,
     )
     try:  # build every model and config once, so that bad values fail before compiling
-        for name in ("models", "seeds", "learning_rates"):
+        for name in ("models", "lengths", "seeds", "learning_rates"):
             if not getattr(settings, name):
                 raise ValueError(f"--{name} must name at least one; got none")
+        for seed in settings.seeds:
+            if not 0 <= seed < 2**31:
+                raise ValueError(f"--seeds must be ints in [0, 2**31); got {seed}")
+        for lr in settings.learning_rates:
+            check_real(lr, "--learning_rates", 0.0, math.inf, low_open=True)
+        check_real(settings.clip_norm, "--clip_norm (0: off)", 0.0, math.inf)
+        check_positive_int(settings.num_heads, "--num_heads")
         if len(set(models)) != len(models):
             raise ValueError(f"--models lists a model twice: {','.join(models)}")
         for length in settings.lengths + settings.eval_lengths:
@@ -352,24 +385,51 @@ def apply_config(path: str, experiment_name: str) -> None:
 
 def run(experiment: Experiment, settings: Settings) -> list[dict]:
     """Trains the sweep and writes the config, summary, table and plots (process 0
-    of a multi-process job); returns the rows."""
-    mesh = _mesh(settings)
+    of a multi-process job); returns the rows. The summary files are rewritten after
+    every (model, length) group, so a group that stops (`NonFiniteError`, a crash)
+    leaves the finished ones on disk; the workdir is locked while it runs."""
     workdir = pathlib.Path(settings.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    writer = jax.process_index() == 0
+    with checkpoints.workdir_lock(workdir) if writer else contextlib.nullcontext():
+        return _run(experiment, settings, workdir, writer)
+
+
+def _run(experiment: Experiment, settings: Settings, workdir: pathlib.Path, writer: bool) -> list[dict]:
+    mesh = _mesh(settings)
     families = [parse_model(spec)[0] for spec in (*settings.models, settings.match_reference)]
     run_config.write(workdir, experiment.name, dataclasses.asdict(settings), families)
     task, rows, curves = experiment.task, [], {}
     runs = list(itertools.product(settings.seeds, settings.learning_rates))
     seeds, lrs = [s for s, _ in runs], [lr for _, lr in runs]
-    for spec, length in itertools.product(settings.models, settings.lengths):
-        if settings.match_params:
-            model = matched_model(experiment, settings, spec)
-        else:
-            model = _model(experiment, settings, spec)
-        config = _train_config(settings, length)
-        group = workdir / f"{label(spec)}_len{length}"
+    models = {
+        spec: matched_model(experiment, settings, spec)
+        if settings.match_params
+        else _model(experiment, settings, spec)
+        for spec in settings.models
+    }
+    groups = [
+        (spec, length, _train_config(settings, length), workdir / f"{label(spec)}_len{length}")
+        for spec, length in itertools.product(settings.models, settings.lengths)
+    ]
+    if settings.resume:  # every group's checkpoint against this command, before anything compiles
+        for spec, _, config, group in groups:
+            record = checkpoints.run_record(models[spec], task, config, seeds, lrs)
+            checkpoints.check_resumable(group, record, config)
+    for spec, length, config, group in groups:
+        model = models[spec]
         start = time.perf_counter()
-        state, history = train(model, task, config, seeds, lrs, group, resume=settings.resume, mesh=mesh)
+        state, history = train(
+            model,
+            task,
+            config,
+            seeds,
+            lrs,
+            group,
+            resume=settings.resume,
+            mesh=mesh,
+            on_nonfinite=settings.on_nonfinite,
+        )
         seconds = time.perf_counter() - start
         extra = {}
         eval_task = experiment.eval_task(length) if experiment.eval_task else task
@@ -409,21 +469,25 @@ def run(experiment: Experiment, settings: Settings) -> list[dict]:
                     "params": params,
                     "seconds": seconds,
                     "tokens_per_second": float(np.median([line["tokens_per_second"] for line in lines])),
+                    "failed": any(line.get("failed", False) for line in lines),
                     **{k: float(v[r]) for k, v in extra.items()},
                 }
             )
-    if jax.process_index() == 0:
-        write_summary(workdir, rows)
+        if writer:  # after every group: a later failure loses none of these
+            write_summary(workdir, rows)
+            (workdir / "results.md").write_text(markdown_table(rows) + "\n")
+    if writer:
         table = markdown_table(rows)
-        (workdir / "results.md").write_text(table + "\n")
         plot(workdir, experiment, rows, curves)
         print(f"\n{experiment.name}: results in {workdir}\n\n{table}\n")
     return rows
 
 
 def write_summary(workdir: pathlib.Path, rows: list[dict]) -> None:
-    """summary.json and summary.csv, one row per run."""
-    (workdir / "summary.json").write_text(json.dumps(rows, indent=1))
+    """summary.json (strict JSON: a value that is not finite is null, and named in the
+    row's "nonfinite" entry) and summary.csv, one row per run."""
+    strict = [checkpoints.strict(row) for row in rows]
+    (workdir / "summary.json").write_text(json.dumps(strict, indent=1, allow_nan=False))
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with (workdir / "summary.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, columns)
@@ -524,6 +588,11 @@ def main(experiment: Experiment) -> None:
             apply_config(FLAGS.config, experiment.name)
         if FLAGS.multi_process or FLAGS.coordinator_address:
             distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        run(experiment, settings_from_flags(experiment))
+        settings = settings_from_flags(experiment)
+        try:
+            run(experiment, settings)
+        except (NonFiniteError, checkpoints.ResumeError, checkpoints.WorkdirInUse) as error:
+            logging.error("%s", error)
+            sys.exit(1)
 
     user_modules.run(_main)

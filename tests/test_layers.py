@@ -155,7 +155,9 @@ def test_bad_input_raises(key):
         ValueError, match=r"initial_state must be LSTMState of 2 array\(s\).*a pair \(h0, c0\)"
     ):
         layer.apply(params, xs, jnp.zeros((2, B, H)))
-    with pytest.raises(ValueError, match="params must hold 2 layers"):
+    with pytest.raises(
+        ValueError, match=r"params do not match what init\(\) of this layer makes: missing params\[1\]"
+    ):
         layer.apply(params[:1], xs)
     with pytest.raises(
         ValueError, match="nonlinearity must be one of 'tanh', 'relu', 'identity'; got 'gelu'"

@@ -188,7 +188,7 @@ def test_dropout_and_errors(key):
         model.apply(params, x, deterministic=False)
     with pytest.raises(ValueError, match="learned positions stop at max_len=9"):
         model.apply(params, tokens(shape=(B, T + 1)))
-    with pytest.raises(ValueError, match=r"inputs must be integer tokens \[batch, time\]"):
+    with pytest.raises(TypeError, match=r"inputs must be integer tokens in \[0, vocab_size=11\)"):
         model.apply(params, jnp.ones((B, T, 2)))
     with pytest.raises(ValueError, match="num_heads=3 must divide d_model=16"):
         Transformer(M, 3, 1, vocab_size=V)

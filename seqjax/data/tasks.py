@@ -27,6 +27,8 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqjax.validation import check_positive_int, check_real
+
 Array = jax.Array
 
 
@@ -50,9 +52,16 @@ class Loss(enum.Enum):
     MSE = "mse"
 
 
-def _check_length(length: int, minimum: int, name: str) -> None:
-    if not isinstance(length, int) or length < minimum:
+def _check_length(length: int, minimum: int, name: str, batch_size: int = 1) -> None:
+    if not isinstance(length, int) or isinstance(length, bool) or length < minimum:
         raise ValueError(f"length of the {name} task must be an int >= {minimum}; got {length!r}")
+    check_positive_int(batch_size, "batch_size")
+
+
+def _check_alphabet(alphabet: int) -> None:
+    check_positive_int(alphabet, "alphabet")
+    if alphabet < 2:
+        raise ValueError(f"alphabet must hold at least 2 symbols; got {alphabet}")
 
 
 class _Symbols:
@@ -89,11 +98,15 @@ class Copy(_Symbols):
     loss: ClassVar[Loss] = Loss.CROSS_ENTROPY
     name: ClassVar[str] = "copy"
 
+    def __post_init__(self):
+        check_positive_int(self.memory, "memory")
+        _check_alphabet(self.alphabet)
+
     def num_steps(self, length: int) -> int:
         return length + 2 * self.memory
 
     def sample(self, key: Array, batch_size: int, length: int) -> Batch:
-        _check_length(length, 1, self.name)
+        _check_length(length, 1, self.name, batch_size)
         m, blank = self.memory, self.alphabet
         symbols = jax.random.randint(key, (batch_size, m), 0, self.alphabet)
         blanks = jnp.full((batch_size, length - 1), blank)
@@ -133,11 +146,14 @@ class Adding:
     input_size: ClassVar[int] = 2
     output_size: ClassVar[int] = 1
 
+    def __post_init__(self):
+        check_real(self.tolerance, "tolerance", 0.0, 2.0, low_open=True)
+
     def num_steps(self, length: int) -> int:
         return length
 
     def sample(self, key: Array, batch_size: int, length: int) -> Batch:
-        _check_length(length, 2, self.name)
+        _check_length(length, 2, self.name, batch_size)
         k_values, k_first, k_second = jax.random.split(key, 3)
         values = jax.random.uniform(k_values, (batch_size, length))
         half = length // 2
@@ -173,11 +189,15 @@ class SelectiveCopy(_Symbols):
     loss: ClassVar[Loss] = Loss.CROSS_ENTROPY
     name: ClassVar[str] = "selective_copy"
 
+    def __post_init__(self):
+        check_positive_int(self.num_tokens, "num_tokens")
+        _check_alphabet(self.alphabet)
+
     def num_steps(self, length: int) -> int:
         return length + self.num_tokens
 
     def sample(self, key: Array, batch_size: int, length: int) -> Batch:
-        _check_length(length, self.num_tokens, self.name)
+        _check_length(length, self.num_tokens, self.name, batch_size)
         n = self.num_tokens
         k_tokens, k_positions = jax.random.split(key)
         tokens = jax.random.randint(k_tokens, (batch_size, n), 1, self.alphabet + 1)
@@ -219,6 +239,14 @@ class AssociativeRecall:
     loss: ClassVar[Loss] = Loss.CROSS_ENTROPY
     name: ClassVar[str] = "associative_recall"
 
+    def __post_init__(self):
+        check_positive_int(self.vocab_size, "vocab_size")
+        if self.vocab_size < 4:
+            raise ValueError(f"vocab_size must be >= 4 (noise, a key, a value); got {self.vocab_size}")
+        if self.num_pairs is not None:
+            check_positive_int(self.num_pairs, "num_pairs")
+        check_real(self.power, "power", 0.0, math.inf)
+
     @property
     def output_size(self) -> int:
         return self.vocab_size
@@ -231,7 +259,7 @@ class AssociativeRecall:
 
     def sample(self, key: Array, batch_size: int, length: int) -> Batch:
         n = self.pairs(length)
-        _check_length(length, 3 * n, self.name)
+        _check_length(length, 3 * n, self.name, batch_size)
         half = self.vocab_size // 2
         if n > half - 1:
             raise ValueError(f"num_pairs={n} needs a vocab_size above {2 * (n + 1)}; got {self.vocab_size}")
@@ -280,6 +308,10 @@ class FlipFlop:
     p_ignore: float = 0.8
     loss: ClassVar[Loss] = Loss.CROSS_ENTROPY
     name: ClassVar[str] = "flip_flop"
+
+    def __post_init__(self):
+        check_real(self.p_ignore, "p_ignore", 0.0, 1.0)  # at 1 no read would be scored
+
     vocab_size: ClassVar[int] = 5
     output_size: ClassVar[int] = 5
 
@@ -287,7 +319,7 @@ class FlipFlop:
         return length
 
     def sample(self, key: Array, batch_size: int, length: int) -> Batch:
-        _check_length(length, 4, self.name)
+        _check_length(length, 4, self.name, batch_size)
         if length % 2:
             raise ValueError(
                 f"length of the flip_flop task must be even (instruction, bit pairs); got {length}"
@@ -332,6 +364,10 @@ class Parity:
     min_length: int = 1
     loss: ClassVar[Loss] = Loss.CROSS_ENTROPY
     name: ClassVar[str] = "parity"
+
+    def __post_init__(self):
+        check_positive_int(self.min_length, "min_length")
+
     vocab_size: ClassVar[int] = 3
     output_size: ClassVar[int] = 2
 
@@ -339,7 +375,7 @@ class Parity:
         return length
 
     def sample(self, key: Array, batch_size: int, length: int) -> Batch:
-        _check_length(length, self.min_length, self.name)
+        _check_length(length, self.min_length, self.name, batch_size)
         k_bits, k_lengths = jax.random.split(key)
         lengths = jax.random.randint(k_lengths, (batch_size,), self.min_length, length + 1)
         valid = jnp.arange(length) < lengths[:, None]

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax import validation
 from seqjax.interop import torch_weights
 from seqjax.recurrences import cells, paths, scan
 from seqjax.recurrences.cells import Nonlinearity, RecurrentInit
@@ -161,7 +162,8 @@ class Recurrent:
           directions concatenated; final_state like `initial_state`, ordered
           `layer0_forward, layer0_backward, layer1_forward, ...`.
         """
-        inputs = jnp.asarray(inputs)
+        dtype = self._check_params(params)
+        inputs = validation.as_floats(inputs, dtype, "inputs")
         if inputs.ndim not in (2, 3):
             layout = "[batch, time, input_size]" if self.batch_first else "[time, batch, input_size]"
             raise ValueError(
@@ -175,16 +177,24 @@ class Recurrent:
         xs = inputs[:, None] if unbatched else inputs
         time_major = unbatched or not self.batch_first
         num_steps, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
+        if num_steps == 0:
+            raise ValueError(
+                f"inputs must have at least one time step (as PyTorch requires); got shape {inputs.shape}"
+            )
         if unbatched and lengths is not None:
             lengths = jnp.reshape(lengths, (-1,))
         lengths = scan.check_lengths(lengths, batch, num_steps)
-        state = self._check_state(initial_state, batch, xs.dtype, unbatched)
-        self._check_params(params)
+        state = self._check_state(initial_state, batch, dtype, unbatched)
+        validation.check_bool(deterministic, "deterministic")
         use_dropout = self.dropout > 0 and not deterministic and self.num_layers > 1
-        if use_dropout and key is None:
-            raise ValueError("key is required when dropout > 0 and deterministic=False")
+        if use_dropout:
+            if key is None:
+                raise ValueError("key is required when dropout > 0 and deterministic=False")
+            validation.check_key(key)
 
-        outputs, final_state = self._run(params, xs, state, lengths, key, use_dropout, time_major)
+        outputs, final_state = self._run(
+            params, xs, state, lengths, key if use_dropout else None, use_dropout, time_major
+        )
         if unbatched:
             return outputs[:, 0], jax.tree.map(lambda s: s[:, 0], final_state)
         return outputs, final_state
@@ -197,7 +207,8 @@ class Recurrent:
 
         Args:
           params: from `init`.
-          state: like `initial_state(b)`, leaves `[L, b, ...]` (`[L, ...]` unbatched).
+          state: like `initial_state(b)`, leaves `[L, b, ...]` (`[L, ...]` unbatched);
+            the initial state if None.
           x: `[b, d]` (or `[d]` unbatched), this step's input.
 
         Returns:
@@ -205,12 +216,12 @@ class Recurrent:
         """
         if self.bidirectional:
             raise ValueError("step needs a unidirectional layer: a bidirectional one reads the future")
-        x = jnp.asarray(x)
+        dtype = self._check_params(params)
+        x = validation.as_floats(x, dtype, "x")
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"x must have shape [batch, input_size={self.input_size}]; got {x.shape}")
         unbatched = x.ndim == 1
-        state = self._check_state(state, 1 if unbatched else x.shape[0], x.dtype, unbatched)
-        self._check_params(params)
+        state = self._check_state(state, 1 if unbatched else x.shape[0], dtype, unbatched)
         state, y = self._step(params, state, x[None] if unbatched else x)
         if unbatched:
             return jax.tree.map(lambda s: s[:, 0], state), y[0]
@@ -237,6 +248,11 @@ class Recurrent:
             xs = jnp.swapaxes(xs, 0, 1)
             time_major = True
         num_steps, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
+        if lengths is not None:
+            # Padding is never read: zeroed, a NaN there reaches no output and no gradient
+            # (a masked step's gradient is 0 * its Jacobian, and 0 * NaN is NaN).
+            valid = jnp.arange(num_steps, dtype=lengths.dtype)[:, None] < lengths  # [t, b]
+            xs = jnp.where((valid if time_major else valid.T)[..., None], xs, 0).astype(xs.dtype)
         finals = []
         for l, layer_params in enumerate(params):
             ys = []
@@ -265,38 +281,36 @@ class Recurrent:
         final_state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)  # [L*n, b, ...]
         return (jnp.swapaxes(xs, 0, 1) if transpose else xs), final_state
 
-    def _check_params(self, params: Any) -> None:
-        if (
-            not isinstance(params, tuple | list)
-            or len(params) != self.num_layers
-            or any(not isinstance(p, tuple | list) or len(p) != self.num_directions for p in params)
-        ):
-            raise ValueError(
-                f"params must hold {self.num_layers} layers of {self.num_directions} direction(s); "
-                "make them with init()"
-            )
+    def _check_params(self, params: Any) -> Any:
+        """Checks `params` against what `init` makes; returns the dtype they compute in."""
+        dtype = validation.param_dtype(params)
+        validation.check_tree(params, _param_structure(self, dtype), "params", "init() of this layer")
+        return dtype
 
     def _check_state(self, state: Any, batch: int, dtype: Any, unbatched: bool) -> Any:
-        """The state as `initial_state(batch)` structures it, leaves `[L*n, b, ...]`."""
+        """The state as `initial_state(batch, dtype)` structures it, leaves `[L*n, b, ...]`
+        in its dtypes (cast from any real dtype)."""
         if state is None:
             return self.initial_state(batch, dtype)
-        treedef, shapes = _state_structure(self, batch, jnp.dtype(dtype))
+        treedef, wants = _state_structure(self, batch, jnp.dtype(dtype))
         got = jax.tree.leaves(state)
-        if len(got) != len(shapes):
-            name = "an array" if len(shapes) == 1 else f"{treedef.node_data()[0].__name__}"
+        if len(got) != len(wants):
+            name = "an array" if len(wants) == 1 else f"{treedef.node_data()[0].__name__}"
             raise ValueError(
-                f"initial_state must be {name} of {len(shapes)} array(s), as initial_state() makes it "
+                f"initial_state must be {name} of {len(wants)} array(s), as initial_state() makes it "
                 f"(a pair (h0, c0) for an LSTM); got {len(got)}"
             )
-        got = [jnp.asarray(x) for x in got]
-        for leaf, shape in zip(got, shapes, strict=True):
-            shape = shape[:1] + shape[2:] if unbatched else shape
+        leaves = []
+        for leaf, want in zip(got, wants, strict=True):
+            leaf = validation.as_floats(leaf, want.dtype, "initial_state")
+            shape = want.shape[:1] + want.shape[2:] if unbatched else want.shape
             if leaf.shape != shape:
                 raise ValueError(
                     f"initial_state must have shape [num_layers*num_directions, batch, hidden_size]="
                     f"{shape}; got {leaf.shape}"
                 )
-        return jax.tree.unflatten(treedef, [x[:, None] for x in got] if unbatched else got)
+            leaves.append(leaf[:, None] if unbatched else leaf)
+        return jax.tree.unflatten(treedef, leaves)
 
     def _carries(self, state: Any) -> list[Any]:
         """One carry per layer and direction (leaves `[b, ...]`) from a stacked state."""
@@ -306,10 +320,18 @@ class Recurrent:
 
 
 @functools.lru_cache(maxsize=256)
-def _state_structure(layer: Recurrent, batch: int, dtype: Any) -> tuple[Any, tuple[tuple[int, ...], ...]]:
-    """The tree structure and leaf shapes of `layer.initial_state(batch, dtype)`."""
+def _state_structure(
+    layer: Recurrent, batch: int, dtype: Any
+) -> tuple[Any, tuple[jax.ShapeDtypeStruct, ...]]:
+    """The tree structure and leaves of `layer.initial_state(batch, dtype)`."""
     leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: layer.initial_state(batch, dtype)))
-    return treedef, tuple(leaf.shape for leaf in leaves)
+    return treedef, tuple(leaves)
+
+
+@functools.lru_cache(maxsize=256)
+def _param_structure(layer: Recurrent, dtype: Any) -> Any:
+    """`layer.init(key, dtype)`'s parameters as shapes and dtypes."""
+    return jax.eval_shape(lambda key: layer.init(key, dtype), jax.random.key(0))
 
 
 class _TorchLayer(Recurrent):

@@ -28,8 +28,9 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
-from seqjax import registry
+from seqjax import registry, validation
 from seqjax.models.layers import Recurrent
+from seqjax.recurrences.scan import check_lengths
 from seqjax.validation import check_positive_int
 
 Array = jax.Array
@@ -159,6 +160,21 @@ class SequenceModel:
             "head": {"w": w, "b": jnp.zeros((self.output_size,), dtype)},
         }
 
+    def _check_params(self, params: Any) -> Any:
+        """Checks `params` against what `init` makes; returns the dtype they compute in."""
+        dtype = validation.param_dtype(params)
+        validation.check_tree(params, _param_structure(self, dtype), "params", "init() of this model")
+        return dtype
+
+    def _check_inputs(self, inputs: Any, dtype: Any, lengths: Any, *, one_step: bool) -> Array:
+        """Tokens (integers in [0, vocab_size) where valid) or features (cast to `dtype`)."""
+        if self.vocab_size is None:
+            return validation.as_floats(inputs, dtype, "inputs")
+        tokens = validation.check_tokens(inputs, self.vocab_size, values=False)
+        if not one_step and tokens.ndim == 2:
+            lengths = check_lengths(lengths, *tokens.shape)
+        return validation.check_tokens(tokens, self.vocab_size, None if one_step else lengths)
+
     def _encode(self, params: dict[str, Any], inputs: Array) -> Array:
         if self._reads_one_hot:
             return jax.nn.one_hot(inputs, self.vocab_size, dtype=params["head"]["w"].dtype)
@@ -176,7 +192,13 @@ class SequenceModel:
         key: Array | None = None,
         deterministic: bool = True,
     ) -> Array:
-        """inputs `[b, t]` tokens or `[b, t, d]` features -> outputs `[b, t, o]`."""
+        """inputs `[b, t]` tokens or `[b, t, d]` features -> outputs `[b, t, o]`.
+
+        Padded positions (past `lengths`) may hold anything: they reach no valid
+        output and no gradient. Inside `jit` token values are not checked (an
+        out-of-range token reads as a zero vector for cell families).
+        """
+        inputs = self._check_inputs(inputs, self._check_params(params), lengths, one_step=False)
         features, _ = self.backbone.apply(
             params["backbone"],
             self._encode(params, inputs),
@@ -196,9 +218,16 @@ class SequenceModel:
 
         Stepping over a sequence from `initial_state` gives `apply`'s outputs.
         """
-        return self._step(params, state, jnp.asarray(x))
+        x = self._check_inputs(x, self._check_params(params), None, one_step=True)
+        return self._step(params, state, x)
 
     @functools.partial(jax.jit, static_argnums=0)
     def _step(self, params: dict[str, Any], state: Any, x: Array) -> tuple[Any, Array]:
         state, features = self.backbone.step(params["backbone"], state, self._encode(params, x))
         return state, self._readout(params, features)
+
+
+@functools.lru_cache(maxsize=256)
+def _param_structure(model: SequenceModel, dtype: Any) -> Any:
+    """`model.init(key, dtype)`'s parameters as shapes and dtypes."""
+    return jax.eval_shape(lambda key: model.init(key, dtype), jax.random.key(0))

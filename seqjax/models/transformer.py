@@ -39,8 +39,9 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from seqjax import registry
+from seqjax import registry, validation
 from seqjax.recurrences.scan import check_lengths
 from seqjax.validation import as_enum
 
@@ -265,20 +266,38 @@ class Transformer:
         x = x + _dropout(h @ mlp["w2"] + mlp["b2"], self.dropout, keys[1])
         return x, new_kv
 
-    def _check_inputs(self, inputs: Array) -> None:
+    def _check_params(self, params: Any) -> Any:
+        """Checks `params` against what `init` makes; returns the dtype they compute in."""
+        dtype = validation.param_dtype(params)
+        validation.check_tree(params, _param_structure(self, dtype), "params", "init() of this Transformer")
+        return dtype
+
+    def _check_inputs(self, inputs: Any, dtype: Any, lengths: Any = None, *, one_step: bool = False) -> Any:
+        """inputs `[b, t]` tokens or `[b, t, d]` features (`[b]` or `[b, d]` for one step),
+        checked, features cast to `dtype`; returns them and the checked lengths."""
+        time = () if one_step else ("time",)
         if self.vocab_size is not None:
-            if inputs.ndim != 2 or not jnp.issubdtype(inputs.dtype, jnp.integer):
+            inputs = validation.check_tokens(inputs, self.vocab_size, values=one_step)
+            if inputs.ndim != 1 + len(time):
                 raise ValueError(
-                    f"inputs must be integer tokens [batch, time]; got {inputs.dtype}{inputs.shape}"
+                    f"inputs must be tokens [{', '.join(('batch', *time))}]; got shape {inputs.shape}"
                 )
-        elif inputs.ndim != 3 or inputs.shape[-1] != self.input_size:
-            raise ValueError(
-                f"inputs must have shape [batch, time, input_size={self.input_size}]; got {inputs.shape}"
-            )
-        if self.positional_kind is Positional.LEARNED and inputs.shape[1] > self.max_len:
-            raise ValueError(
-                f"inputs have {inputs.shape[1]} steps; learned positions stop at max_len={self.max_len}"
-            )
+        else:
+            inputs = validation.as_floats(inputs, dtype, "inputs")
+            if inputs.ndim != 2 + len(time) or inputs.shape[-1] != self.input_size:
+                layout = ", ".join(("batch", *time, f"input_size={self.input_size}"))
+                raise ValueError(f"inputs must have shape [{layout}]; got {inputs.shape}")
+        if one_step:
+            return inputs, None
+        b, t = inputs.shape[:2]
+        if t == 0:
+            raise ValueError(f"inputs must have at least one time step; got shape {inputs.shape}")
+        if self.positional_kind is Positional.LEARNED and t > self.max_len:
+            raise ValueError(f"inputs have {t} steps; learned positions stop at max_len={self.max_len}")
+        lengths = check_lengths(lengths, b, t)
+        if self.vocab_size is not None:
+            validation.check_tokens(inputs, self.vocab_size, lengths)  # values, where valid
+        return inputs, lengths
 
     def apply(
         self,
@@ -293,9 +312,10 @@ class Transformer:
 
         Args:
           params: from `init`.
-          inputs: `[b, t]` int tokens, or `[b, t, d]` features.
+          inputs: `[b, t]` int tokens in [0, vocab_size), or `[b, t, d]` features (cast
+            to the parameters' dtype).
           lengths: optional `[b]` valid lengths; keys past a length are masked
-            and outputs past it are zero.
+            and outputs past it are zero. Padded positions may hold anything.
           key: PRNG key for dropout; needed when `dropout > 0` and not deterministic.
           deterministic: if True, no dropout.
 
@@ -305,13 +325,15 @@ class Transformer:
           positions and each sequence's next position at its length (`t` without
           lengths), from which `step` continues. Under `jit` an unused cache costs nothing.
         """
-        inputs = jnp.asarray(inputs)
-        self._check_inputs(inputs)
-        if self.dropout > 0 and not deterministic and key is None:
-            raise ValueError("key is required when dropout > 0 and deterministic=False")
+        dtype = self._check_params(params)
+        inputs, lengths = self._check_inputs(inputs, dtype, lengths)
+        validation.check_bool(deterministic, "deterministic")
+        if self.dropout > 0 and not deterministic:
+            if key is None:
+                raise ValueError("key is required when dropout > 0 and deterministic=False")
+            validation.check_key(key)
         if deterministic or self.dropout == 0:
             key = None
-        lengths = check_lengths(lengths, inputs.shape[0], inputs.shape[1])
         return self._run(params, inputs, lengths, key)
 
     # Compiled once per configuration (the model is hashable), also when called eagerly.
@@ -321,6 +343,11 @@ class Transformer:
     ) -> tuple[Array, KVCache]:
         b, t = inputs.shape[:2]
         positions = jnp.arange(t)
+        if lengths is not None:
+            # Padding is never read: zeroed (token 0), a NaN there reaches no valid output,
+            # no key or value, and no gradient.
+            valid = jnp.arange(t, dtype=lengths.dtype)[None, :] < lengths[:, None]  # [b, t]
+            inputs = jnp.where(valid.reshape(b, t, *(1,) * (inputs.ndim - 2)), inputs, 0).astype(inputs.dtype)
         x = self._embed(params, inputs, positions)
         if key is not None:
             key, sub = jax.random.split(key)
@@ -366,13 +393,41 @@ class Transformer:
             `state.position`.
 
         Returns:
-          `(state, y)`, y: `[b, m]`.
+          `(state, y)`, y: `[b, m]`. A sequence whose cache is full (its position at
+          the cache's size) is refused where the positions are known; inside `jit`
+          its output is NaN and its cache is left as it was.
         """
         if not self.causal:
             raise ValueError("step-by-step decoding needs causal=True")
-        inputs = jnp.asarray(inputs)
-        self._check_inputs(inputs[:, None])
+        dtype = self._check_params(params)
+        inputs, _ = self._check_inputs(inputs, dtype, one_step=True)
+        state = self._check_state(state, inputs.shape[0], dtype)
         return self._step(params, state, inputs)
+
+    def _check_state(self, state: Any, batch: int, dtype: Any) -> KVCache:
+        if not isinstance(state, tuple) or len(state) != 3:
+            raise TypeError(f"state must be a KVCache (k, v, position); got {type(state).__name__}")
+        k, v, position = (jnp.asarray(x) for x in state)
+        size = k.shape[2] if k.ndim == 5 else None
+        shape = (self.num_layers, batch, size, self.num_heads, self.head_dim)
+        if k.shape != shape or v.shape != shape:
+            raise ValueError(
+                "state.k and state.v must have shape [num_layers, batch, max_len, num_heads, head_dim]="
+                f"{shape}; got {k.shape} and {v.shape}"
+            )
+        if position.shape != (batch,) or not jnp.issubdtype(position.dtype, jnp.integer):
+            raise ValueError(
+                f"state.position must be integers of shape [batch]=({batch},); "
+                f"got {position.dtype}{position.shape}"
+            )
+        if validation.is_concrete(position) and batch:
+            host = np.asarray(position)
+            if host.min() < 0 or host.max() >= size:
+                raise ValueError(
+                    f"state.position must lie in [0, max_len={size}) (the cache is full at max_len); "
+                    f"got values from {host.min()} to {host.max()}"
+                )
+        return KVCache(k.astype(dtype), v.astype(dtype), position.astype(jnp.int32))
 
     @functools.partial(jax.jit, static_argnums=0)
     def _step(self, params: Params, cache: KVCache, inputs: Array) -> tuple[KVCache, Array]:
@@ -384,7 +439,15 @@ class Transformer:
             ks.append(k)
             vs.append(v)
         y = _layer_norm(params["ln_f"], x)[:, 0]
+        # A full cache has nowhere to write (the scatter drops the write): say so with NaN.
+        y = jnp.where((position < cache.k.shape[2])[:, None], y, jnp.nan).astype(y.dtype)
         return KVCache(jnp.stack(ks), jnp.stack(vs), position + 1), y
+
+
+@functools.lru_cache(maxsize=256)
+def _param_structure(model: Transformer, dtype: Any) -> Any:
+    """`model.init(key, dtype)`'s parameters as shapes and dtypes."""
+    return jax.eval_shape(lambda key: model.init(key, dtype), jax.random.key(0))
 
 
 def make_transformer(

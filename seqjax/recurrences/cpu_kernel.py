@@ -329,6 +329,12 @@ def scan_kernel(
         raise ValueError(f"the CPU kernels are not available: {unavailable_reason()}")
     t, b = xs.shape[:2] if time_major else xs.shape[1::-1]
     lengths = scan_lib.check_lengths(lengths, b, t)
+    if t == 0 or b == 0:
+        # Nothing to loop over (the loops size their work by the batch): the scan's
+        # empty result and zero gradients are the same.
+        xs = xs if time_major else jnp.swapaxes(xs, 0, 1)
+        final, ys = scan_lib.scan_cell(cell, params, carry, xs, lengths=lengths, reverse=reverse)
+        return final, ys if time_major else jnp.swapaxes(ys, 0, 1)
     if lengths is None:
         lengths = jnp.full((b,), t, jnp.int32)
     return _scan(cell, reverse, time_major, params, carry, xs, lengths)

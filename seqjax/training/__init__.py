@@ -9,6 +9,8 @@ distributed:  device meshes (runs x data) and multi-process jobs.
 from seqjax.training import checkpoints, distributed
 from seqjax.training.config import Optimizer, TrainConfig, make_optimizer
 from seqjax.training.loop import (
+    NonFiniteError,
+    OnNonFinite,
     TrainState,
     init_state,
     loss_and_metrics,
@@ -18,6 +20,8 @@ from seqjax.training.loop import (
 )
 
 __all__ = [
+    "NonFiniteError",
+    "OnNonFinite",
     "Optimizer",
     "TrainConfig",
     "TrainState",

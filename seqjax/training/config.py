@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 
 import optax
 
-from seqjax.validation import as_enum
+from seqjax.validation import as_enum, check_positive_int, check_real
 
 
 class Optimizer(enum.Enum):
@@ -67,11 +68,11 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("length", "steps", "batch_size", "log_every", "eval_every", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+            check_positive_int(getattr(self, name), name)
         for name in ("warmup_steps", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0; got {value!r}")
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) % self.log_every:
                 raise ValueError(
@@ -79,12 +80,10 @@ class TrainConfig:
                 )
         if self.steps % self.log_every:
             raise ValueError(f"steps={self.steps} must be a multiple of log_every={self.log_every}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm must be > 0 or None (off); got {self.clip_norm}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
-        if not 0 <= self.final_lr_fraction <= 1:
-            raise ValueError(f"final_lr_fraction must be in [0, 1]; got {self.final_lr_fraction}")
+        if self.clip_norm is not None:
+            check_real(self.clip_norm, "clip_norm (None: off)", 0.0, math.inf, low_open=True)
+        check_real(self.weight_decay, "weight_decay", 0.0, math.inf)
+        check_real(self.final_lr_fraction, "final_lr_fraction", 0.0, 1.0 + 1e-12)
         object.__setattr__(self, "optimizer", as_enum(Optimizer, self.optimizer, "optimizer"))
 
 

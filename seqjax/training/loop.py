@@ -24,8 +24,10 @@ the resuming job has.
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import functools
-import json
+import math
 import pathlib
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +44,7 @@ from jax.sharding import Mesh
 from seqjax.data.tasks import Batch, Loss
 from seqjax.training import checkpoints, distributed
 from seqjax.training.config import TrainConfig, make_optimizer
+from seqjax.validation import as_enum, check_real
 
 Array = jax.Array
 
@@ -133,8 +136,9 @@ def make_train_chunk(
     optimizer: optax.GradientTransformation,
     mesh: Mesh | None = None,
 ):
-    """A jitted `(states [R]) -> (states, metrics [R, log_every])` that takes `log_every`
-    steps of every run without returning to the host. The input states are donated.
+    """A jitted `(states [R]) -> (states, metrics)` that takes `log_every` steps of every
+    run without returning to the host: metrics `[R, log_every]` (loss, accuracy,
+    grad_norm) and `[R]` (params_finite, after the chunk). The input states are donated.
     With a mesh, states stay split along `runs`, each step's batch is split along
     `data`, and the metrics come back replicated."""
 
@@ -159,7 +163,12 @@ def make_train_chunk(
         return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     def chunk(state: TrainState):
-        return jax.lax.scan(step, state, None, length=config.log_every)
+        state, metrics = jax.lax.scan(step, state, None, length=config.log_every)
+        # Checked before a checkpoint is written: a finite loss can precede inf weights.
+        metrics["params_finite"] = jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)])
+        )
+        return state, metrics
 
     out_shardings = mesh and (distributed.runs_sharding(mesh), distributed.replicated(mesh))
     return _jit(_vmap_runs(chunk, mesh), mesh, out_shardings, donate_argnums=0)
@@ -196,6 +205,43 @@ def _programs(model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = No
     )
 
 
+class OnNonFinite(enum.Enum):
+    """What `train` does when a run's loss, gradient norm or parameters stop being finite.
+
+    STOP: raise `NonFiniteError` after writing that chunk's metrics, without the
+    checkpoint (the last one on disk is finite). SKIP_RUN: mark the run failed (its
+    lines carry "failed": true) and train the others on. CONTINUE: train on; the
+    lines still say which values were not finite.
+    """
+
+    STOP = "stop"
+    SKIP_RUN = "skip_run"
+    CONTINUE = "continue"
+
+
+class NonFiniteError(RuntimeError):
+    """A run's loss, gradient norm or parameters stopped being finite."""
+
+
+def _check_runs(model: Any, task: Any, seeds: Sequence[int], learning_rates: Sequence[float]) -> None:
+    if len(seeds) != len(learning_rates):
+        raise ValueError(f"seeds and learning_rates must pair up; got {len(seeds)} and {len(learning_rates)}")
+    if not len(seeds):
+        raise ValueError("train needs at least one run (one seed and learning rate)")
+    for seed in seeds:
+        if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or not 0 <= seed < 2**31:
+            raise ValueError(f"seeds must be ints in [0, 2**31); got {seed!r}")
+    for lr in learning_rates:
+        check_real(lr, "learning_rates", 0.0, math.inf, low_open=True)
+    # The model's sizes against the task's (a wrapper that does not say is trusted).
+    for name in ("output_size", "vocab_size", "input_size"):
+        ours, theirs = getattr(model, name, "-"), getattr(task, name, None)
+        if ours != "-" and ours != theirs:
+            raise ValueError(
+                f"the model's {name}={ours} does not match the {task.name} task's {name}={theirs}"
+            )
+
+
 def train(
     model: Any,
     task: Any,
@@ -207,54 +253,77 @@ def train(
     resume: bool = False,
     on_log: Callable[[int, list[dict]], None] | None = None,
     mesh: Mesh | None = None,
+    on_nonfinite: OnNonFinite | str = OnNonFinite.STOP,
 ) -> tuple[TrainState, list[dict]]:
     """Trains R = len(seeds) runs together (run i: seeds[i], learning_rates[i]).
 
     Args:
-      model: has `init(key)` and `apply(params, inputs, *, lengths, key, deterministic)`.
+      model: has `init(key)` and `apply(params, inputs, *, lengths, key, deterministic)`;
+        its `output_size`, `vocab_size` and `input_size`, where it has them, must be the task's.
       task: a `seqjax.tasks` task.
       config: the shared settings.
-      seeds, learning_rates: one entry per run.
-      workdir: where `metrics.jsonl` and `checkpoints/` go.
-      resume: continue from the latest checkpoint in workdir if there is one
-        (otherwise start afresh, discarding old metrics).
+      seeds, learning_rates: one entry per run; ints in [0, 2**31) and finite rates > 0.
+      workdir: where `metrics.jsonl`, `run.json` and `checkpoints/` go; locked while
+        training (a second live run on it is refused).
+      resume: continue from the newest readable checkpoint in workdir if there is
+        one (otherwise start afresh, discarding old metrics). The workdir's run.json
+        must describe the same runs (see `checkpoints.check_resume`), else a
+        ValueError before anything compiles.
       on_log: called after each logged chunk with the step and its metric lines.
       mesh: where to train (see the module docstring); None: the default device.
         The number of runs must be a multiple of its `runs` axis and
         `config.batch_size` of its `data` axis.
+      on_nonfinite: see `OnNonFinite`.
 
     Returns:
       The final states `[R]` and the metrics history (dicts with run, seed,
       learning_rate, step, loss, accuracy, grad_norm, baseline_loss,
       baseline_accuracy, seconds, tokens_per_second, and eval_loss /
       eval_accuracy at evaluation steps). Loss, accuracy and gradient norm are
-      means over the steps since the previous line.
+      means over the steps since the previous line; a value that is not finite
+      is None in the file and named in the line's "nonfinite" entry.
+
+    Raises:
+      NonFiniteError: with `on_nonfinite="stop"`, naming the runs and the step.
     """
-    if len(seeds) != len(learning_rates):
-        raise ValueError(f"seeds and learning_rates must pair up; got {len(seeds)} and {len(learning_rates)}")
+    _check_runs(model, task, seeds, learning_rates)
+    on_nonfinite = as_enum(OnNonFinite, on_nonfinite, "on_nonfinite")
     if mesh is not None:
         distributed.check_divisible(mesh, len(seeds), config.batch_size)
     writer = jax.process_index() == 0
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    with checkpoints.workdir_lock(workdir) if writer else contextlib.nullcontext():
+        return _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, mesh, on_nonfinite)
+
+
+def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, mesh, on_nonfinite):
+    writer = jax.process_index() == 0
+    record = checkpoints.run_record(model, task, config, seeds, learning_rates)
+    manager = checkpoints.manager(workdir, config) if config.checkpoint_every else None
+    resuming = resume and manager is not None and manager.latest_step() is not None
+    if resuming:
+        checkpoints.check_resume(workdir, record, manager.latest_step())  # before compiling
+    elif writer:
+        checkpoints.write_run_record(workdir, record)
     optimizer, train_chunk, evaluate = _programs(model, task, config, mesh)
     state = init_state(model, optimizer, seeds, learning_rates, mesh)
-    manager = checkpoints.manager(workdir, config) if config.checkpoint_every else None
-    metrics_path = workdir / "metrics.jsonl"
+    metrics_path = workdir / checkpoints.METRICS_FILE
     history: list[dict] = []
     start = 0
-    if resume and manager is not None and manager.latest_step() is not None:
-        start = manager.latest_step()
-        state = manager.restore(start, args=ocp.args.StandardRestore(state))
+    restored = checkpoints.restore_latest(manager, state) if resuming else None
+    if restored is not None:
+        start, state = restored
         history = checkpoints.read_history(metrics_path, start)
         logging.info("resumed %s at step %d", workdir, start)
     if writer:
-        metrics_path.write_text("".join(json.dumps(line) + "\n" for line in history))
+        metrics_path.write_text(checkpoints.dumps(history))
 
     tokens_per_chunk = len(seeds) * config.batch_size * task.num_steps(config.length) * config.log_every
     baseline = task.baseline(config.length)
     clock = time.perf_counter()
     elapsed = history[-1]["seconds"] if history else 0.0
+    failed = {line["run"] for line in history if line.get("failed")}
     for step in range(start + config.log_every, config.steps + 1, config.log_every):
         state, metrics = train_chunk(state)
         metrics = jax.device_get(metrics)  # [R, log_every] each; one host transfer per chunk
@@ -281,9 +350,22 @@ def train(
             eval_loss, eval_accuracy = jax.device_get(evaluate(state.params, state.seed, config.length))
             for r, line in enumerate(lines):
                 line["eval_loss"], line["eval_accuracy"] = float(eval_loss[r]), float(eval_accuracy[r])
+        bad = [
+            r
+            for r in range(len(seeds))
+            if not (
+                np.isfinite(metrics["loss"][r]).all()
+                and np.isfinite(metrics["grad_norm"][r]).all()
+                and metrics["params_finite"][r]
+            )
+        ]
+        if on_nonfinite is OnNonFinite.SKIP_RUN:
+            failed.update(bad)
+            for r in failed:
+                lines[r]["failed"] = True
         if writer:
             with metrics_path.open("a") as f:
-                f.write("".join(json.dumps(line) + "\n" for line in lines))
+                f.write(checkpoints.dumps(lines))
         history.extend(lines)
         logging.info(
             "%s step %d/%d: loss %s acc %s (%.0f tokens/s)",
@@ -294,6 +376,14 @@ def train(
             " ".join(f"{line['accuracy']:.3f}" for line in lines),
             lines[0]["tokens_per_second"] * len(seeds),
         )
+        if bad:
+            runs = ", ".join(f"run {r} (seed {seeds[r]}, learning rate {learning_rates[r]:g})" for r in bad)
+            message = f"{workdir}: {runs}: loss, gradient norm or parameters not finite by step {step}"
+            if on_nonfinite is OnNonFinite.STOP:
+                if manager is not None:
+                    manager.close()
+                raise NonFiniteError(f"{message}; stopped, the last checkpoint is the last finite one")
+            logging.warning("%s (%s)", message, on_nonfinite.value)
         if manager is not None and (step % config.checkpoint_every == 0 or step == config.steps):
             manager.save(step, args=ocp.args.StandardSave(state), force=step == config.steps)
             manager.wait_until_finished()

@@ -330,7 +330,7 @@ inline void RnnForward(int64_t n, int64_t kind, const float* __restrict p, const
   if (kind == kRnnTanh) {
     SEQJAX_UNITS hv[u] = Tanh(hv[u]);
   } else if (kind == kRnnRelu) {
-    SEQJAX_UNITS hv[u] = hv[u] > 0.0f ? hv[u] : 0.0f;
+    SEQJAX_UNITS hv[u] = hv[u] < 0.0f ? 0.0f : hv[u];  // NaN passes through, as in jax.nn.relu
   }
   SEQJAX_UNITS h_next[u] = hv[u];
   SEQJAX_UNITS y[u] = hv[u];
