@@ -170,15 +170,57 @@ def _cpu_name() -> str:
 
 def _parse_config(text: str) -> tuple[str, tuple[int, ...]]:
     name, _, dims = text.partition("=")
-    sizes = tuple(int(v) for v in dims.split("x"))
-    if len(sizes) != 4:
-        raise ValueError(f"--configs entries are name=BxTxDxH; got {text!r}")
+    try:
+        sizes = tuple(int(v) for v in dims.split("x"))
+    except ValueError:
+        sizes = ()
+    if not name or len(sizes) != 4 or min(sizes) < 1:
+        raise app.UsageError(f"--configs entries are name=BxTxDxH of positive ints; got {text!r}")
     return name, sizes
 
 
 def _parse_stack(text: str) -> tuple[int, bool]:
     bidirectional = text.endswith("bi")
-    return int(text.removesuffix("bi")), bidirectional
+    try:
+        layers = int(text.removesuffix("bi"))
+    except ValueError:
+        layers = 0
+    if layers < 1:
+        raise app.UsageError(f"--stacks entries are <layers> or <layers>bi, layers >= 1; got {text!r}")
+    return layers, bidirectional
+
+
+def _check_subset(name: str, values: list[str], choices: list[str], allow_empty: bool = False) -> None:
+    unknown = [v for v in values if v not in choices]
+    if unknown or (not values and not allow_empty):
+        raise app.UsageError(
+            f"--{name} must name some of {', '.join(choices)}; got {','.join(values) or 'none'}"
+        )
+
+
+def check_flags() -> None:
+    """Every flag of a sweep, before any worker starts."""
+    cell_families = [n for n in registry.names() if registry.get(n).make_cell is not None]
+    _check_subset("cells", FLAGS.cells, cell_families)
+    _check_subset("scale_cell", [FLAGS.scale_cell], cell_families)
+    _check_subset("modes", FLAGS.modes, ["train", "forward"], allow_empty=True)
+    _check_subset("malloc", FLAGS.malloc, ["default", "tuned"])
+    systems = sorted({s for cell in FLAGS.cells for s in systems_for(cell)})
+    if FLAGS.systems is not None:
+        _check_subset("systems", FLAGS.systems, systems)
+    _check_subset("scale_systems", FLAGS.scale_systems, systems_for(FLAGS.scale_cell), allow_empty=True)
+    if not FLAGS.configs:
+        raise app.UsageError("--configs must name at least one configuration")
+    for text in FLAGS.configs:
+        _parse_config(text)
+    for text in FLAGS.stacks:
+        _parse_stack(text)
+    for name in ("repeats", "threads"):
+        if FLAGS[name].value < 1:
+            raise app.UsageError(f"--{name} must be >= 1; got {FLAGS[name].value}")
+    for name in ("scale_lengths", "scale_batches"):
+        if not all(v.isdigit() and int(v) >= 1 for v in FLAGS[name].value):
+            raise app.UsageError(f"--{name} must be positive ints; got {','.join(FLAGS[name].value)}")
 
 
 def _jobs() -> list[dict]:
@@ -323,13 +365,7 @@ def main(argv) -> None:
         return
     import jax
 
-    for cell in (*FLAGS.cells, FLAGS.scale_cell):
-        family = registry.get(cell) if cell in registry.names() else None
-        if family is None or family.make_cell is None:
-            cell_families = [n for n in registry.names() if registry.get(n).make_cell is not None]
-            raise app.UsageError(
-                f"--cells: {cell!r} is not a registered cell family: {', '.join(cell_families)}"
-            )
+    check_flags()
     workdir = pathlib.Path(FLAGS.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     settings = {flag.name: flag.value for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__])}

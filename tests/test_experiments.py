@@ -144,25 +144,6 @@ def test_a_user_family_trains_from_the_command_line_and_reruns_from_its_config(t
             common.apply_config(flags.FLAGS.config, "adding")
 
 
-def test_bad_flags_are_reported_before_compiling():
-    experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
-    flags.FLAGS(["prog"])
-    for overrides, message in [
-        (dict(models=["lstm", "mamba"]), "--models: unknown model family 'mamba'; registered: rnn, lstm"),
-        (dict(models=["lstm:forgetbias=0"]), "--models: family 'lstm' takes no option 'forgetbias'"),
-        (dict(models=["lstm:forget_bias"]), "options follow the family as key=value"),
-        (dict(models=["gru", "gru"]), "--models lists a model twice"),
-        (dict(models=[]), "--models must name at least one"),
-        (dict(seeds=[]), "--seeds must name at least one"),
-        (dict(match_params=True, match_reference="mamba"), "--match_reference: unknown model family"),
-        (dict(lengths=["10", "x"]), "--lengths must be a comma list of ints"),
-        (dict(lengths=["0"]), "length of the copy task must be an int >= 1"),
-        (dict(eval_every=7), "eval_every=7 must be a multiple of log_every=50"),
-    ]:
-        with flagsaver.flagsaver(**overrides), pytest.raises(app.UsageError, match=message):
-            common.settings_from_flags(experiment)
-
-
 def test_gradient_flow_experiment(tmp_path, capsys, indrnn):
     from experiments import gradient_flow
 

@@ -133,37 +133,3 @@ def test_dtypes(key):
     params = layer.init(key, jnp.bfloat16)
     outputs, h_n = layer.apply(params, jnp.ones((T, B, D), jnp.bfloat16))
     assert outputs.dtype == h_n.dtype == jnp.bfloat16
-
-
-def test_bad_input_raises(key):
-    layer = seqjax.LSTM(D, H, num_layers=2, batch_first=True)
-    params = layer.init(key)
-    xs = jnp.ones((B, T, D))
-    with pytest.raises(ValueError, match=r"inputs last axis must be input_size=3; got shape \(4, 7, 2\)"):
-        layer.apply(params, jnp.ones((B, T, 2)))
-    with pytest.raises(ValueError, match=r"inputs must have shape \[batch, time, input_size\]"):
-        layer.apply(params, jnp.ones((1, B, T, D)))
-    with pytest.raises(ValueError, match=r"lengths must lie in \[0, time=7\]"):
-        layer.apply(params, xs, lengths=jnp.array([1, 2, 8, 3]))
-    with pytest.raises(ValueError, match=r"lengths must lie in \[0, time=7\]"):
-        layer.apply(params, xs, lengths=jnp.array([1, -2, 3, 3]))
-    with pytest.raises(ValueError, match=r"lengths must be integers of shape \[batch\]=\(4,\)"):
-        layer.apply(params, xs, lengths=jnp.array([1, 2]))
-    with pytest.raises(ValueError, match=r"initial_state must have shape .*\(2, 4, 5\); got \(1, 4, 5\)"):
-        layer.apply(params, xs, (jnp.zeros((1, B, H)), jnp.zeros((1, B, H))))
-    with pytest.raises(
-        ValueError, match=r"initial_state must be LSTMState of 2 array\(s\).*a pair \(h0, c0\)"
-    ):
-        layer.apply(params, xs, jnp.zeros((2, B, H)))
-    with pytest.raises(
-        ValueError, match=r"params do not match what init\(\) of this layer makes: missing params\[1\]"
-    ):
-        layer.apply(params[:1], xs)
-    with pytest.raises(
-        ValueError, match="nonlinearity must be one of 'tanh', 'relu', 'identity'; got 'gelu'"
-    ):
-        seqjax.RNN(D, H, nonlinearity="gelu")
-    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
-        seqjax.GRU(D, H, dropout=1.0)
-    with pytest.raises(ValueError, match="num_layers must be a positive int"):
-        seqjax.GRU(D, H, num_layers=0)

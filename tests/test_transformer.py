@@ -52,8 +52,7 @@ def to_flax(params):
     return out
 
 
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("positional", ["none", "sinusoidal"])
+@pytest.mark.parametrize(("causal", "positional"), [(True, "sinusoidal"), (False, "none")])
 def test_matches_flax_layers(causal, positional, key):
     model = Transformer(M, 4, 2, vocab_size=V, causal=causal, positional=positional)
     params = model.init(key)

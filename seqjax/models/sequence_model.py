@@ -125,9 +125,8 @@ class SequenceModel:
             check_positive_int(getattr(self, name), name)
         if (self.vocab_size is None) == (self.input_size is None):
             raise ValueError("give exactly one of vocab_size (token inputs) and input_size (features)")
-        check_positive_int(
-            self.vocab_size or self.input_size, "vocab_size" if self.vocab_size else "input_size"
-        )
+        name = "input_size" if self.vocab_size is None else "vocab_size"
+        check_positive_int(getattr(self, name), name)
         self.backbone  # noqa: B018 -- validates the family's options now
 
     @property

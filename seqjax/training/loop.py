@@ -352,12 +352,9 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
                 line["eval_loss"], line["eval_accuracy"] = float(eval_loss[r]), float(eval_accuracy[r])
         bad = [
             r
-            for r in range(len(seeds))
-            if not (
-                np.isfinite(metrics["loss"][r]).all()
-                and np.isfinite(metrics["grad_norm"][r]).all()
-                and metrics["params_finite"][r]
-            )
+            for r, line in enumerate(lines)
+            if not metrics["params_finite"][r]
+            or any(isinstance(v, float) and not math.isfinite(v) for v in line.values())
         ]
         if on_nonfinite is OnNonFinite.SKIP_RUN:
             failed.update(bad)
