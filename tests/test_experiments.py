@@ -23,7 +23,7 @@ CASES = [
     ("copy_task", ("rnn",), (3,), ()),
     ("adding", ("lstm",), (6,), ()),
     ("selective_copy", ("gru",), (6,), ()),
-    ("associative_recall", ("transformer",), (16,), ()),
+    ("associative_recall", ("rnn",), (16,), ()),
     ("flip_flop", ("lstm",), (8,), (12,)),
     ("parity", ("transformer",), (4,), (6,)),
 ]

@@ -84,7 +84,7 @@ def test_nan_in_padding_reaches_no_output_and_no_gradient(layer):
 
 @pytest.mark.parametrize("inputs", ["tokens", "features"])
 def test_nan_or_junk_in_transformer_padding_reaches_nothing(inputs):
-    model = Transformer(8, 2, 2, **({"vocab_size": 5} if inputs == "tokens" else {"input_size": D}))
+    model = Transformer(8, 2, 1, **({"vocab_size": 5} if inputs == "tokens" else {"input_size": D}))
     params = model.init(jax.random.key(0))
     valid = jnp.arange(T)[None, :] < LENGTHS[:, None]
     if inputs == "tokens":
@@ -189,12 +189,12 @@ class _NaNWeight:
 def test_non_finite_weights_behind_a_finite_loss_stop_too_and_skip_run_trains_on(tmp_path):
     with pytest.raises(NonFiniteError, match=r"run 0 .* by step 2"):
         train(_NaNWeight(), TASK, CONFIG, [0], [1e-2], tmp_path / "stop")
-    config = _config(warmup_steps=0, clip_norm=None, eval_every=2, steps=16)
+    config = _config(warmup_steps=0, clip_norm=None, eval_every=2, steps=8)
     _, history = train(MODEL, TASK, config, [0, 1], [1e-2, 2e36], tmp_path / "skip", on_nonfinite="skip_run")
-    assert [line["step"] for line in history if line["run"] == 0][-1] == 16
+    assert [line["step"] for line in history if line["run"] == 0][-1] == 8
     assert all(np.isfinite(line["loss"]) for line in history if line["run"] == 0)
     failed = [line["step"] for line in history if line.get("failed")]
-    assert failed and failed[-1] == 16 and all(line["run"] == 1 for line in history if line.get("failed"))
+    assert failed and failed[-1] == 8 and all(line["run"] == 1 for line in history if line.get("failed"))
     assert _strict_json((tmp_path / "skip" / "metrics.jsonl").read_text())
 
 
