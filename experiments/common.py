@@ -356,11 +356,12 @@ def _mesh(settings: Settings) -> Mesh | None:
     """Every device of the job, runs split over `run_devices` of them; None on one device."""
     if jax.device_count() == 1 and settings.run_devices == 1:
         return None
+    mesh = distributed.make_mesh(settings.run_devices)  # a bad --run_devices fails here, first
     if jax.default_backend() == "cpu":
         # The fused CPU kernel is not partitioned (seqjax.recurrences.cpu_kernel.enabled); the
         # scan is, so each device trains its own share.
         os.environ["SEQJAX_CPU_KERNEL"] = "0"
-    return distributed.make_mesh(settings.run_devices)
+    return mesh
 
 
 def apply_config(path: str, experiment_name: str) -> None:

@@ -255,6 +255,7 @@ def test_inputs_of_another_dtype_are_cast(lstm):
 
 
 def test_cells_and_the_registry():
+    gru_params = cells.GRUCell(4).init(jax.random.key(0), 3)
     cases = [
         ("hidden_size 0", lambda: cells.LSTMCell(0), ValueError, "hidden_size must be a positive int"),
         (
@@ -269,6 +270,22 @@ def test_cells_and_the_registry():
             lambda: cells.LSTMCell(4).init(jax.random.key(0), -1),
             ValueError,
             "input_size must be a positive int",
+        ),
+        (
+            "a misspelt bias, straight to the cell",
+            lambda: cells.GRUCell(4).step(
+                {**{("b_hi" if k == "b_ih" else k): v for k, v in gru_params.items()}},
+                jnp.zeros((1, 4)),
+                jnp.ones((1, 3)),
+            ),
+            ValueError,
+            r"params of GRUCell\(bias=True\) must have keys .*; got \['b_hh', 'b_hi'",
+        ),
+        (
+            "LSTM parameters to a GRU's state_dict",
+            lambda: seqjax.GRU(3, 4).params_to_torch(seqjax.LSTM(3, 4).init(jax.random.key(0))),
+            ValueError,
+            r"params\[0\]\[0\]\['b_hh'\] must have shape \(12,\)",
         ),
         (
             "register a duplicate",

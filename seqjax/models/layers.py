@@ -373,7 +373,9 @@ class _TorchLayer(Recurrent):
         return torch_weights.params_from_torch(self, state_dict)
 
     def params_to_torch(self, params: Params) -> dict[str, np.ndarray]:
-        """A PyTorch `state_dict` (NumPy arrays) from parameters (exact)."""
+        """A PyTorch `state_dict` (NumPy arrays) from parameters (exact); the parameters
+        are checked against what `init` makes first."""
+        self._check_params(params)
         return torch_weights.params_to_torch(self, params)
 
 

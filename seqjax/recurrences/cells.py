@@ -147,11 +147,22 @@ class _DenseGatedCell:
     def hidden(self, carry: Carry) -> Array:
         return carry
 
+    def _check_keys(self, params: Params) -> None:
+        # A misspelt or missing bias would otherwise be skipped without a word.
+        keys = {"w_ih", "w_hh", "b_ih", "b_hh"} if self.bias else {"w_ih", "w_hh"}
+        if not isinstance(params, dict) or set(params) != keys:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(
+                f"params of {type(self).__name__}(bias={self.bias}) must have keys {sorted(keys)}; got {got}"
+            )
+
     def project(self, params: Params, x: Array) -> Array:
         """`x @ w_ih + b_ih`: `[..., d] -> [..., g*h]`."""
+        self._check_keys(params)
         return input_projection(params, x)
 
     def step_projected(self, params: Params, carry: Carry, gx: Array) -> tuple[Carry, Array]:
+        self._check_keys(params)
         return self.update(carry, gx, recurrent_projection(params, self.hidden(carry)))
 
     def step(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Array]:
