@@ -178,10 +178,10 @@ def main(argv):
         raise app.UsageError(f"--clip_steps must be a positive multiple of 10; got {FLAGS.clip_steps}")
     if not FLAGS.inits or set(FLAGS.inits) - set(INITS):
         raise app.UsageError(f"--inits must be a non-empty subset of {','.join(INITS)}; got {FLAGS.inits}")
-    if not (math.isfinite(FLAGS.scale) and FLAGS.scale > 0) or FLAGS.batch_size < 1:
-        raise app.UsageError(
-            f"--scale must be finite and > 0, --batch_size >= 1; got {FLAGS.scale}, {FLAGS.batch_size}"
-        )
+    if not (math.isfinite(FLAGS.scale) and FLAGS.scale > 0):
+        raise app.UsageError(f"--scale must be a finite number > 0; got {FLAGS.scale}")
+    if FLAGS.batch_size < 1:
+        raise app.UsageError(f"--batch_size must be >= 1; got {FLAGS.batch_size}")
     logging.set_verbosity(logging.INFO)
     workdir = pathlib.Path(FLAGS.workdir or "runs/gradient_flow")
     workdir.mkdir(parents=True, exist_ok=True)

@@ -728,3 +728,76 @@ def test_experiment_flags():
     for name, value in (("optimizer", "adamw"), ("positional", "alibi"), ("on_nonfinite", "ignore")):
         with pytest.raises(flags.IllegalFlagValueError):
             flags.FLAGS[name].parse(value)
+
+
+def test_gradient_flow_flags():
+    from experiments import gradient_flow
+
+    flags.FLAGS(["prog"])
+
+    def main_with(overrides):
+        def thunk():
+            with flagsaver.as_parsed(**overrides):
+                gradient_flow.main(["prog"])
+
+        return thunk
+
+    cases = [
+        (dict(length="1"), "--length must be >= 2"),
+        (dict(hidden_size="6"), "--hidden_size a positive multiple of 4"),
+        (dict(clip_steps="15"), "--clip_steps must be a positive multiple of 10"),
+        (dict(inits="default,xavier"), "--inits must be a non-empty subset"),
+        (dict(inits=""), "--inits must be a non-empty subset"),
+        (dict(scale="nan"), "--scale must be a finite number > 0"),
+        (dict(scale="-3"), "--scale must be a finite number > 0"),
+        (dict(batch_size="0"), "--batch_size must be >= 1"),
+        (dict(models="rnn,mamba"), "--models: unknown model family 'mamba'"),
+    ]
+    probe([(str(o), main_with(o), app.UsageError, m) for o, m in cases])
+
+
+THROUGHPUT_PROBE = """
+import sys
+from absl import app, flags
+from absl.testing import flagsaver
+from experiments import throughput
+flags.FLAGS(["prog"])
+for overrides, match in CASES:
+    try:
+        with flagsaver.as_parsed(**overrides):
+            throughput.check_flags()
+    except app.UsageError as error:
+        print("ok" if match in str(error) else f"miss {overrides}: {error}")
+    else:
+        print(f"miss {overrides}: no error")
+"""
+
+
+def test_throughput_flags():
+    """In a process of its own: the benchmark's flags share names with the experiments'."""
+    import subprocess
+    import sys
+
+    cases = [
+        (dict(modes="foo"), "--modes must name some of train, forward; got foo"),
+        (dict(malloc="foo"), "--malloc must name some of default, tuned"),
+        (dict(malloc=""), "--malloc must name some of default, tuned; got none"),
+        (dict(cells="mamba"), "--cells must name some of rnn, lstm, gru"),
+        (dict(scale_cell="mamba"), "--scale_cell must name some of"),
+        (dict(systems="seqjax,nope"), "--systems must name some of"),
+        (dict(scale_systems="nope"), "--scale_systems must name some of"),
+        (dict(configs="C1=1x2x3"), "--configs entries are name=BxTxDxH of positive ints"),
+        (dict(configs="C1=0x2x3x4"), "--configs entries are name=BxTxDxH of positive ints"),
+        (dict(configs=""), "--configs must name at least one"),
+        (dict(stacks="0"), "--stacks entries are <layers> or <layers>bi"),
+        (dict(stacks="twobi"), "--stacks entries are <layers> or <layers>bi"),
+        (dict(repeats="0"), "--repeats must be >= 1"),
+        (dict(threads="0"), "--threads must be >= 1"),
+        (dict(scale_lengths="128,-1"), "--scale_lengths must be positive ints"),
+        (dict(scale_batches="x"), "--scale_batches must be positive ints"),
+    ]
+    script = f"CASES = {cases!r}\n" + THROUGHPUT_PROBE
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = out.stdout.split("\n")[:-1]
+    assert results == ["ok"] * len(cases), "\n".join(r for r in results if r != "ok")
