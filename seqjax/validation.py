@@ -46,8 +46,11 @@ def check_real(value: Any, name: str, low: float, high: float, *, low_open: bool
     ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
     ok = ok and math.isfinite(value) and (value > low if low_open else value >= low) and value < high
     if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high})"
-        raise ValueError(f"{name} must be a finite number in {interval}; got {value!r}")
+        if math.isinf(high):
+            interval = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            interval = f"in {'(' if low_open else '['}{low}, {high})"
+        raise ValueError(f"{name} must be a finite number {interval}; got {value!r}")
 
 
 def is_concrete(x: Any) -> bool:
