@@ -152,6 +152,9 @@ class Recurrent:
             sequence, as PyTorch's packed sequences. Outputs past a length are
             zero and the final state is taken at each sequence's last valid step;
             the backward direction reads each sequence reversed within its length.
+            Padded positions may hold anything (NaN included): they are never read.
+            Inside `jit` the values are not checked; a length above t acts as t,
+            one below 0 as 0.
           key: PRNG key for dropout between layers; needed when `dropout > 0` and
             not `deterministic`.
           deterministic: if True, no dropout.

@@ -313,7 +313,9 @@ class Transformer:
         Args:
           params: from `init`.
           inputs: `[b, t]` int tokens in [0, vocab_size), or `[b, t, d]` features (cast
-            to the parameters' dtype).
+            to the parameters' dtype). Inside `jit` token values are not checked: an
+            out-of-range token reads the nearest row of the embedding (JAX's gather
+            clamps).
           lengths: optional `[b]` valid lengths; keys past a length are masked
             and outputs past it are zero. Padded positions may hold anything.
           key: PRNG key for dropout; needed when `dropout > 0` and not deterministic.

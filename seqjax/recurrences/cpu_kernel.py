@@ -337,4 +337,6 @@ def scan_kernel(
         return final, ys if time_major else jnp.swapaxes(ys, 0, 1)
     if lengths is None:
         lengths = jnp.full((b,), t, jnp.int32)
+    # Traced lengths are not checked: clamped, the loops never index past the sequence.
+    lengths = jnp.clip(lengths, 0, t)
     return _scan(cell, reverse, time_major, params, carry, xs, lengths)
