@@ -9,6 +9,7 @@ say what then happens).
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from typing import Any
 
@@ -87,6 +88,19 @@ def check_tree(got: Any, expected: Any, name: str, made_by: str = "init()") -> N
                 f"{name}{jax.tree_util.keystr(path)} must have shape {want.shape} and dtype "
                 f"{want.dtype.name}, as {made_by} makes it; got {shape} {dtype.name}"
             )
+
+
+@functools.lru_cache(maxsize=256)
+def _init_structure(model: Any, dtype: Any) -> Any:
+    return jax.eval_shape(lambda key: model.init(key, dtype), jax.random.key(0))
+
+
+def check_params(model: Any, params: Any, made_by: str) -> Any:
+    """Checks `params` against what `model.init(key, dtype)` makes (the structure is
+    traced once per hashable model and dtype); returns the dtype they compute in."""
+    dtype = param_dtype(params)
+    check_tree(params, _init_structure(model, dtype), "params", made_by)
+    return dtype
 
 
 def as_floats(x: Any, dtype: Any, name: str) -> jax.Array:

@@ -165,7 +165,7 @@ class Recurrent:
           directions concatenated; final_state like `initial_state`, ordered
           `layer0_forward, layer0_backward, layer1_forward, ...`.
         """
-        dtype = self._check_params(params)
+        dtype = validation.check_params(self, params, "init() of this layer")
         inputs = validation.as_floats(inputs, dtype, "inputs")
         if inputs.ndim not in (2, 3):
             layout = "[batch, time, input_size]" if self.batch_first else "[time, batch, input_size]"
@@ -219,7 +219,7 @@ class Recurrent:
         """
         if self.bidirectional:
             raise ValueError("step needs a unidirectional layer: a bidirectional one reads the future")
-        dtype = self._check_params(params)
+        dtype = validation.check_params(self, params, "init() of this layer")
         x = validation.as_floats(x, dtype, "x")
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"x must have shape [batch, input_size={self.input_size}]; got {x.shape}")
@@ -284,12 +284,6 @@ class Recurrent:
         final_state = jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)  # [L*n, b, ...]
         return (jnp.swapaxes(xs, 0, 1) if transpose else xs), final_state
 
-    def _check_params(self, params: Any) -> Any:
-        """Checks `params` against what `init` makes; returns the dtype they compute in."""
-        dtype = validation.param_dtype(params)
-        validation.check_tree(params, _param_structure(self, dtype), "params", "init() of this layer")
-        return dtype
-
     def _check_state(self, state: Any, batch: int, dtype: Any, unbatched: bool) -> Any:
         """The state as `initial_state(batch, dtype)` structures it, leaves `[L*n, b, ...]`
         in its dtypes (cast from any real dtype)."""
@@ -329,12 +323,6 @@ def _state_structure(
     """The tree structure and leaves of `layer.initial_state(batch, dtype)`."""
     leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: layer.initial_state(batch, dtype)))
     return treedef, tuple(leaves)
-
-
-@functools.lru_cache(maxsize=256)
-def _param_structure(layer: Recurrent, dtype: Any) -> Any:
-    """`layer.init(key, dtype)`'s parameters as shapes and dtypes."""
-    return jax.eval_shape(lambda key: layer.init(key, dtype), jax.random.key(0))
 
 
 class _TorchLayer(Recurrent):
@@ -378,7 +366,7 @@ class _TorchLayer(Recurrent):
     def params_to_torch(self, params: Params) -> dict[str, np.ndarray]:
         """A PyTorch `state_dict` (NumPy arrays) from parameters (exact); the parameters
         are checked against what `init` makes first."""
-        self._check_params(params)
+        validation.check_params(self, params, "init() of this layer")
         return torch_weights.params_to_torch(self, params)
 
 

@@ -159,12 +159,6 @@ class SequenceModel:
             "head": {"w": w, "b": jnp.zeros((self.output_size,), dtype)},
         }
 
-    def _check_params(self, params: Any) -> Any:
-        """Checks `params` against what `init` makes; returns the dtype they compute in."""
-        dtype = validation.param_dtype(params)
-        validation.check_tree(params, _param_structure(self, dtype), "params", "init() of this model")
-        return dtype
-
     def _check_inputs(self, inputs: Any, dtype: Any, lengths: Any, *, one_step: bool) -> Array:
         """Tokens (integers in [0, vocab_size) where valid) or features (cast to `dtype`)."""
         if self.vocab_size is None:
@@ -197,7 +191,9 @@ class SequenceModel:
         output and no gradient. Inside `jit` token values are not checked (an
         out-of-range token reads as a zero vector for cell families).
         """
-        inputs = self._check_inputs(inputs, self._check_params(params), lengths, one_step=False)
+        inputs = self._check_inputs(
+            inputs, validation.check_params(self, params, "init() of this model"), lengths, one_step=False
+        )
         features, _ = self.backbone.apply(
             params["backbone"],
             self._encode(params, inputs),
@@ -217,16 +213,12 @@ class SequenceModel:
 
         Stepping over a sequence from `initial_state` gives `apply`'s outputs.
         """
-        x = self._check_inputs(x, self._check_params(params), None, one_step=True)
+        x = self._check_inputs(
+            x, validation.check_params(self, params, "init() of this model"), None, one_step=True
+        )
         return self._step(params, state, x)
 
     @functools.partial(jax.jit, static_argnums=0)
     def _step(self, params: dict[str, Any], state: Any, x: Array) -> tuple[Any, Array]:
         state, features = self.backbone.step(params["backbone"], state, self._encode(params, x))
         return state, self._readout(params, features)
-
-
-@functools.lru_cache(maxsize=256)
-def _param_structure(model: SequenceModel, dtype: Any) -> Any:
-    """`model.init(key, dtype)`'s parameters as shapes and dtypes."""
-    return jax.eval_shape(lambda key: model.init(key, dtype), jax.random.key(0))

@@ -266,12 +266,6 @@ class Transformer:
         x = x + _dropout(h @ mlp["w2"] + mlp["b2"], self.dropout, keys[1])
         return x, new_kv
 
-    def _check_params(self, params: Any) -> Any:
-        """Checks `params` against what `init` makes; returns the dtype they compute in."""
-        dtype = validation.param_dtype(params)
-        validation.check_tree(params, _param_structure(self, dtype), "params", "init() of this Transformer")
-        return dtype
-
     def _check_inputs(self, inputs: Any, dtype: Any, lengths: Any = None, *, one_step: bool = False) -> Any:
         """inputs `[b, t]` tokens or `[b, t, d]` features (`[b]` or `[b, d]` for one step),
         checked, features cast to `dtype`; returns them and the checked lengths."""
@@ -327,7 +321,7 @@ class Transformer:
           positions and each sequence's next position at its length (`t` without
           lengths), from which `step` continues. Under `jit` an unused cache costs nothing.
         """
-        dtype = self._check_params(params)
+        dtype = validation.check_params(self, params, "init() of this Transformer")
         inputs, lengths = self._check_inputs(inputs, dtype, lengths)
         validation.check_bool(deterministic, "deterministic")
         if self.dropout > 0 and not deterministic:
@@ -401,7 +395,7 @@ class Transformer:
         """
         if not self.causal:
             raise ValueError("step-by-step decoding needs causal=True")
-        dtype = self._check_params(params)
+        dtype = validation.check_params(self, params, "init() of this Transformer")
         inputs, _ = self._check_inputs(inputs, dtype, one_step=True)
         state = self._check_state(state, inputs.shape[0], dtype)
         return self._step(params, state, inputs)
@@ -444,12 +438,6 @@ class Transformer:
         # A full cache has nowhere to write (the scatter drops the write): say so with NaN.
         y = jnp.where((position < cache.k.shape[2])[:, None], y, jnp.nan).astype(y.dtype)
         return KVCache(jnp.stack(ks), jnp.stack(vs), position + 1), y
-
-
-@functools.lru_cache(maxsize=256)
-def _param_structure(model: Transformer, dtype: Any) -> Any:
-    """`model.init(key, dtype)`'s parameters as shapes and dtypes."""
-    return jax.eval_shape(lambda key: model.init(key, dtype), jax.random.key(0))
 
 
 def make_transformer(
