@@ -325,30 +325,20 @@ def test_resume_refuses_other_runs_before_compiling(killed, monkeypatch):
 
 
 def test_a_live_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    def train_here():
+        config = _config(steps=2, log_every=2, eval_every=2, checkpoint_every=0)
+        return train(MODEL, TASK, config, [0], [1e-2], tmp_path)
+
     lock = tmp_path / checkpoints.LOCK_FILE
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "since": 0}))
         with pytest.raises(checkpoints.WorkdirInUse, match=f"in use by process {holder.pid}"):
-            train(
-                MODEL,
-                TASK,
-                _config(steps=2, log_every=2, eval_every=2, checkpoint_every=0),
-                [0],
-                [1e-2],
-                tmp_path,
-            )
+            train_here()
     finally:
         holder.kill()
         holder.wait()
     # The holder is gone: its lock is stale, taken over, and released at the end.
-    train(
-        MODEL,
-        TASK,
-        _config(steps=2, log_every=2, eval_every=2, checkpoint_every=0),
-        [0],
-        [1e-2],
-        tmp_path,
-    )
+    train_here()
     assert not lock.exists()
     assert pathlib.Path(tmp_path / checkpoints.RUN_FILE).exists()

@@ -294,11 +294,12 @@ def train(
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with checkpoints.workdir_lock(workdir) if writer else contextlib.nullcontext():
-        return _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, mesh, on_nonfinite)
+        return _train(
+            model, task, config, seeds, learning_rates, workdir, resume, on_log, mesh, on_nonfinite, writer
+        )
 
 
-def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, mesh, on_nonfinite):
-    writer = jax.process_index() == 0
+def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, mesh, on_nonfinite, writer):
     record = checkpoints.run_record(model, task, config, seeds, learning_rates)
     manager = checkpoints.manager(workdir, config) if config.checkpoint_every else None
     resuming = resume and manager is not None and manager.latest_step() is not None
