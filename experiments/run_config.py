@@ -51,6 +51,15 @@ def family_sources(families: Iterable[str]) -> list[str]:
     return sources
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what `platform` knows."""
+    try:
+        cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+        return cpuinfo.split("model name")[1].split(":", 1)[1].split("\n")[0].strip()
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
+
+
 def write(workdir: pathlib.Path, experiment: str, settings: dict[str, Any], families: Iterable[str]) -> None:
     """Writes `workdir/config.json` (process 0 of a multi-process job)."""
     if jax.process_index() != 0:

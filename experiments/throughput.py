@@ -35,7 +35,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import time
@@ -158,14 +157,6 @@ def run_worker(jobs: list[dict], repeats: int, threads: int) -> None:
             gflops=None if flops is None else flops / median / 1e9,
         )
         print(json.dumps(row), flush=True)
-
-
-def _cpu_name() -> str:
-    try:
-        cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
-        return cpuinfo.split("model name")[1].split(":", 1)[1].split("\n")[0].strip()
-    except (OSError, IndexError):
-        return platform.processor() or platform.machine()
 
 
 def _parse_config(text: str) -> tuple[str, tuple[int, ...]]:
@@ -374,7 +365,9 @@ def main(argv) -> None:
     rows = []
     for malloc in FLAGS.malloc:
         rows += _run_workers(jobs, malloc)
-    machine = f"{_cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
+    machine = (
+        f"{run_config.cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
+    )
     with open(workdir / "results.jsonl", "w") as f:
         for row in rows:
             f.write(json.dumps({**row, "machine": machine}) + "\n")

@@ -7,7 +7,8 @@ Shape vocabulary, used in every docstring:
 Packages, from the bottom up:
   registry:     the model families every tool can name (`register_cell`, `register_backbone`).
   recurrences:  the cell protocol and its capabilities (`protocol`), the built-in cells
-                (`cells`), and what runs a cell over time (`scan`, `cpu_kernel`, `paths`).
+                (`cells`), the parallel recurrences (`linear`, `min_rnn`, `lru`, `mamba`),
+                and what runs a cell over time (`scan`, `cpu_kernel`, `paths`).
   models:       `Recurrent` layers over any cell and PyTorch's `RNN`/`LSTM`/`GRU`
                 (`layers`), the `Transformer`, and `SequenceModel` over any family.
   data:         long-range dependency tasks generated in JAX (`tasks`).
@@ -25,21 +26,41 @@ import importlib.util
 import sys
 
 from seqjax import registry
-from seqjax.models import GRU, LSTM, RNN, Recurrent, SequenceModel, Transformer, count_params
+from seqjax.models import (
+    GRU,
+    LRU,
+    LSTM,
+    RGLRU,
+    RNN,
+    Mamba,
+    MinGRU,
+    MinLSTM,
+    Recurrent,
+    SequenceModel,
+    Transformer,
+    count_params,
+)  # fmt: skip
 from seqjax.recurrences import cells, scan
 from seqjax.recurrences.cells import LSTMState
+from seqjax.recurrences.linear import linear_recurrence
 from seqjax.registry import register_backbone, register_cell
 
 __all__ = [
     "GRU",
+    "LRU",
     "LSTM",
+    "RGLRU",
     "RNN",
     "LSTMState",
+    "Mamba",
+    "MinGRU",
+    "MinLSTM",
     "Recurrent",
     "SequenceModel",
     "Transformer",
     "cells",
     "count_params",
+    "linear_recurrence",
     "register_backbone",
     "register_cell",
     "registry",

@@ -104,16 +104,19 @@ def check_params(model: Any, params: Any, made_by: str) -> Any:
 
 
 def as_floats(x: Any, dtype: Any, name: str) -> jax.Array:
-    """`x` as an array of `dtype` (a floating dtype): integer, bool and floating arrays
-    are cast; anything else (complex, strings, objects) is refused."""
+    """`x` as an array of `dtype`: integer, bool and floating arrays are cast; complex
+    ones only to a complex `dtype` (a complex state); anything else is refused."""
     try:
         x = jnp.asarray(x)
     except TypeError:
         raise TypeError(f"{name} must be an array of numbers; got {type(x).__name__}") from None
     kind = x.dtype
-    if not (jnp.issubdtype(kind, jnp.floating) or jnp.issubdtype(kind, jnp.integer) or kind == jnp.bool_):
+    complex_ok = jnp.issubdtype(kind, jnp.complexfloating) and jnp.issubdtype(dtype, jnp.complexfloating)
+    real = jnp.issubdtype(kind, jnp.floating) or jnp.issubdtype(kind, jnp.integer) or kind == jnp.bool_
+    if not (real or complex_ok):
         raise TypeError(
-            f"{name} must be real numbers (cast to the parameters' {jnp.dtype(dtype).name}); got {kind}"
+            f"{name} must be {'numbers' if jnp.issubdtype(dtype, jnp.complexfloating) else 'real numbers'} "
+            f"(cast to {jnp.dtype(dtype).name}); got {kind}"
         )
     return x if kind == dtype else x.astype(dtype)
 

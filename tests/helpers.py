@@ -59,15 +59,16 @@ def numpy_stack(step, params, xs, lengths, h0):
     """A deep, bidirectional recurrent stack in float64 NumPy, each sequence alone and
     only its valid steps: the reference for `seqjax.Recurrent` over a one-array carry.
 
-    step: `(p, h [h], x [d]) -> (h, y)` on NumPy arrays; params[layer][direction];
-    xs: `[t, b, d]`; lengths: `[b]`; h0: `[L*n, b, h]`. Returns outputs
+    step: `(p, h [h], x [d]) -> (h, y [h])` on NumPy arrays; params[layer][direction];
+    xs: `[t, b, d]`; lengths: `[b]`; h0: `[L*n, b, h]` (real or complex). Returns outputs
     `[t, b, n*h]` (zero past each length) and final states `[L*n, b, h]`.
     """
     params = [[{k: np.asarray(v, np.float64) for k, v in p.items()} for p in layer] for layer in params]
-    xs, h0 = np.asarray(xs, np.float64), np.asarray(h0, np.float64)
+    xs, h0 = np.asarray(xs, np.float64), np.asarray(h0)
+    h0 = h0.astype(np.result_type(h0, np.float64))  # complex stays complex (the LRU's state)
     n = len(params[0])
     num_steps, batch = xs.shape[:2]
-    outputs, finals = None, np.zeros(h0.shape)
+    outputs, finals = None, np.zeros(h0.shape, h0.dtype)
     for b in range(batch):
         valid = range(int(lengths[b]))
         inputs = xs[:, b]
@@ -84,3 +85,19 @@ def numpy_stack(step, params, xs, lengths, h0):
             outputs = np.zeros((num_steps, batch, inputs.shape[-1]))
         outputs[:, b] = inputs
     return outputs, finals
+
+
+def numpy_linear_recurrence(a, b, h0, lengths=None, reverse=False) -> tuple[np.ndarray, np.ndarray]:
+    """`h_t = a_t h_{t-1} + b_t` as a float64/complex128 NumPy loop, each sequence alone:
+    a, b `[t, b, ...]` (a may broadcast), h0 `[b, ...]`; returns hs `[t, b, ...]`, zero
+    past each length, and the final states `[b, ...]`."""
+    a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+    dtype = np.result_type(a, b, h0, np.float64)
+    hs, finals = np.zeros(b.shape, dtype), np.array(h0, dtype)
+    t = b.shape[0]
+    for i in range(b.shape[1]):
+        steps = range(t if lengths is None else int(lengths[i]))
+        for s in reversed(steps) if reverse else steps:
+            finals[i] = a[s, i] * finals[i] + b[s, i]
+            hs[s, i] = finals[i]
+    return hs, finals

@@ -117,7 +117,18 @@ def test_capabilities_choose_the_path_and_are_checked_before_use(indrnn):
 
 @pytest.mark.parametrize(
     "family, options",
-    [("rnn", {}), ("lstm", {}), ("gru", {}), ("transformer", {"num_heads": 1}), ("indrnn", {})],
+    [
+        ("rnn", {}),
+        ("lstm", {}),
+        ("gru", {}),
+        ("transformer", {"num_heads": 1}),
+        ("indrnn", {}),
+        ("mingru", {}),
+        ("minlstm", {}),
+        ("lru", {"state_size": 3}),
+        ("rglru", {}),
+        ("mamba", {"state_size": 3}),
+    ],
 )
 def test_step_equals_apply_and_state_stops_at_each_length(family, options, indrnn):
     model = SequenceModel(
@@ -170,13 +181,14 @@ def test_layer_step_is_unidirectional_and_checks_its_input():
 
 def test_registry_and_options(indrnn):
     assert registry.get("indrnn").make_cell is indrnn
-    assert registry.names()[:4] == ("rnn", "lstm", "gru", "transformer")
+    builtin = {"rnn", "lstm", "gru", "mingru", "minlstm", "lru", "rglru", "mamba", "transformer"}
+    assert set(registry.names()[: len(builtin)]) == builtin
     with pytest.raises(ValueError, match="family 'lstm' is already registered"):
         seqjax.register_cell("lstm", cells.LSTMCell)
     with pytest.raises(ValueError, match="a family name must be an identifier"):
         seqjax.register_cell("my cell", indrnn)
-    with pytest.raises(ValueError, match="unknown model family 'mamba'; registered: rnn, lstm"):
-        registry.get("mamba")
+    with pytest.raises(ValueError, match="unknown model family 'mamba2'; registered: rnn, lstm"):
+        registry.get("mamba2")
     # The registered LSTM starts its forget gate at 1.0, an option a model can change.
     default = SequenceModel("lstm", output_size=2, hidden_size=H, input_size=D)
     pytorch = SequenceModel("lstm", output_size=2, hidden_size=H, input_size=D, options={"forget_bias": None})

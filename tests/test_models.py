@@ -38,9 +38,9 @@ def test_feature_inputs_and_recurrent_one_hot_equals_features(key):
         tokens.apply(params, x), features.apply(params, jax.nn.one_hot(x, V)), rtol=1e-6, atol=1e-6
     )
     with pytest.raises(
-        ValueError, match="unknown model family 'mamba'; registered: rnn, lstm, gru, transformer"
+        ValueError, match="unknown model family 'hyena'; registered: rnn, lstm, gru"
     ):
-        SequenceModel("mamba", output_size=O, hidden_size=H, vocab_size=V)
+        SequenceModel("hyena", output_size=O, hidden_size=H, vocab_size=V)
     with pytest.raises(
         ValueError, match=r"family 'lstm' takes no option 'num_heads'; its options are .*forget_bias"
     ):

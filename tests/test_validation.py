@@ -300,7 +300,7 @@ def test_cells_and_the_registry():
             "must be an identifier",
         ),
         ("register a non-callable", lambda: seqjax.register_cell("thing", 3), TypeError, "must be callable"),
-        ("unknown family", lambda: registry.get("mamba"), ValueError, "unknown model family 'mamba'"),
+        ("unknown family", lambda: registry.get("hyena"), ValueError, "unknown model family 'hyena'"),
     ]
     probe(cases)
 
@@ -442,7 +442,7 @@ def test_task_models():
     cases = [
         (
             "unknown family",
-            lambda: SequenceModel("mamba", 3, H, vocab_size=5),
+            lambda: SequenceModel("hyena", 3, H, vocab_size=5),
             ValueError,
             "unknown model family",
         ),
@@ -675,7 +675,7 @@ def test_train_config_and_train(tmp_path):
 
 
 EXPERIMENT_FLAGS = [  # as a command line gives them
-    (dict(models="lstm,mamba"), "--models: unknown model family 'mamba'; registered: rnn, lstm"),
+    (dict(models="lstm,hyena"), "--models: unknown model family 'hyena'; registered: rnn, lstm"),
     (dict(models="lstm:forgetbias=0"), "--models: family 'lstm' takes no option 'forgetbias'"),
     (dict(models="lstm:forget_bias"), "options follow the family as key=value"),
     (dict(models="gru,gru"), "--models lists a model twice"),
@@ -705,7 +705,7 @@ EXPERIMENT_FLAGS = [  # as a command line gives them
     (dict(clip_norm="-1"), "--clip_norm"),
     (dict(weight_decay="-0.1"), "weight_decay must be a finite number"),
     (dict(warmup_steps="-5"), "warmup_steps must be an int >= 0"),
-    (dict(match_params="true", match_reference="mamba"), "--match_reference: unknown model family"),
+    (dict(match_params="true", match_reference="hyena"), "--match_reference: unknown model family"),
     (dict(run_devices="0"), "runs must be a positive divisor"),
 ]
 
@@ -751,7 +751,7 @@ def test_gradient_flow_flags():
         (dict(scale="nan"), "--scale must be a finite number > 0"),
         (dict(scale="-3"), "--scale must be a finite number > 0"),
         (dict(batch_size="0"), "--batch_size must be >= 1"),
-        (dict(models="rnn,mamba"), "--models: unknown model family 'mamba'"),
+        (dict(models="rnn,hyena"), "--models: unknown model family 'hyena'"),
     ]
     probe([(str(o), main_with(o), app.UsageError, m) for o, m in cases])
 
@@ -782,8 +782,8 @@ def test_throughput_flags():
         (dict(modes="foo"), "--modes must name some of train, forward; got foo"),
         (dict(malloc="foo"), "--malloc must name some of default, tuned"),
         (dict(malloc=""), "--malloc must name some of default, tuned; got none"),
-        (dict(cells="mamba"), "--cells must name some of rnn, lstm, gru"),
-        (dict(scale_cell="mamba"), "--scale_cell must name some of"),
+        (dict(cells="hyena"), "--cells must name some of rnn, lstm, gru"),
+        (dict(scale_cell="hyena"), "--scale_cell must name some of"),
         (dict(systems="seqjax,nope"), "--systems must name some of"),
         (dict(scale_systems="nope"), "--scale_systems must name some of"),
         (dict(configs="C1=1x2x3"), "--configs entries are name=BxTxDxH of positive ints"),

@@ -1,14 +1,29 @@
 """Models: recurrent layers over any cell, the Transformer, and task models over any family.
 
 layers:          `Recurrent` (any cell; deep, bidirectional, lengths, dropout,
-                 step) and PyTorch's `RNN`, `LSTM`, `GRU`.
+                 step), PyTorch's `RNN`, `LSTM`, `GRU`, and the parallel recurrences
+                 `MinGRU`, `MinLSTM`, `LRU`, `RGLRU`, `Mamba`.
 transformer:     a pre-LayerNorm Transformer with a KV cache; the "transformer" family.
 sequence_model:  the `Backbone` interface every family has, and `SequenceModel`:
                  encoding, backbone, readout.
 """
 
-from seqjax.models.layers import GRU, LSTM, RNN, Recurrent
+from seqjax.models.layers import GRU, LRU, LSTM, RGLRU, RNN, Mamba, MinGRU, MinLSTM, Recurrent
 from seqjax.models.sequence_model import Backbone, SequenceModel, count_params
 from seqjax.models.transformer import Transformer
 
-__all__ = ["GRU", "LSTM", "RNN", "Backbone", "Recurrent", "SequenceModel", "Transformer", "count_params"]
+__all__ = [
+    "GRU",
+    "LRU",
+    "LSTM",
+    "RGLRU",
+    "RNN",
+    "Backbone",
+    "Mamba",
+    "MinGRU",
+    "MinLSTM",
+    "Recurrent",
+    "SequenceModel",
+    "Transformer",
+    "count_params",
+]

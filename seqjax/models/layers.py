@@ -3,9 +3,10 @@
 `Recurrent(cell, input_size, num_layers)` runs any cell that follows
 `seqjax.recurrences.protocol.Cell`; `RNN`, `LSTM` and `GRU` are `Recurrent` with
 the built-in cells, PyTorch's arguments in PyTorch's order, and exact
-`state_dict` conversion. Layers are frozen dataclasses of static configuration
-(hashable, picklable); their parameters are a plain pytree made by `init` and
-passed to `apply`:
+`state_dict` conversion; `MinGRU`, `MinLSTM`, `LRU`, `RGLRU` and `Mamba` are
+`Recurrent` over the parallel (linear) recurrences, with the same layer arguments.
+Layers are frozen dataclasses of static configuration (hashable, picklable);
+their parameters are a plain pytree made by `init` and passed to `apply`:
 
     params[layer][direction] -> cell parameters
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from seqjax import validation
 from seqjax.interop import torch_weights
-from seqjax.recurrences import cells, paths, scan
+from seqjax.recurrences import cells, lru, mamba, min_rnn, paths, scan
 from seqjax.recurrences.cells import Nonlinearity, RecurrentInit
 from seqjax.recurrences.protocol import Cell, check_cell
 from seqjax.validation import check_positive_int
@@ -60,8 +61,8 @@ class Recurrent:
         its length); outputs concatenate the two.
       batch_first: inputs and outputs are `[b, t, *]` instead of `[t, b, *]`.
       dropout: rate between layers (not after the last), in training only.
-      unroll, hoist_projection, custom_backward, cpu_kernel: how the time loop
-        runs; see `seqjax.recurrences.paths.Switches`. None picks what was
+      unroll, hoist_projection, custom_backward, cpu_kernel, method: how the time
+        loop runs; see `seqjax.recurrences.paths.Switches`. None picks what was
         measured fastest on the backend among the paths the cell allows; True
         for a capability the cell lacks raises a ValueError here.
 
@@ -83,6 +84,7 @@ class Recurrent:
     hoist_projection: bool | None = None
     custom_backward: bool | None = None
     cpu_kernel: bool | None = None
+    method: str | None = None
 
     def __post_init__(self):
         check_cell(self.cell)
@@ -108,7 +110,9 @@ class Recurrent:
 
     @property
     def switches(self) -> paths.Switches:
-        return paths.Switches(self.hoist_projection, self.custom_backward, self.cpu_kernel, self.unroll)
+        return paths.Switches(
+            self.hoist_projection, self.custom_backward, self.cpu_kernel, self.unroll, self.method
+        )
 
     def layer_input_size(self, layer: int) -> int:
         """Feature size that layer `layer` (0-based) reads."""
@@ -325,13 +329,78 @@ def _state_structure(
     return treedef, tuple(leaves)
 
 
+class _CellLayer(Recurrent):
+    """A layer of one cell type with PyTorch's layer arguments: `input_size,
+    hidden_size, num_layers`, then keyword-only `batch_first, dropout,
+    bidirectional`, the cell's own options, and the switches of `Recurrent`."""
+
+    _cell_type: ClassVar[type]
+    _SWITCHES: ClassVar[tuple[str, ...]] = (
+        "unroll", "hoist_projection", "custom_backward", "cpu_kernel", "method",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        **options: Any,
+    ):
+        switches = {name: options.pop(name) for name in self._SWITCHES if name in options}
+        super().__init__(
+            self._cell_type(hidden_size, **options), input_size, num_layers, bidirectional=bidirectional,
+            batch_first=batch_first, dropout=dropout, **switches,
+        )  # fmt: skip
+
+
+class MinGRU(_CellLayer):
+    """Multi-layer minGRU (`seqjax.recurrences.min_rnn.MinGRUCell`), parallel over time.
+
+    >>> layer = MinGRU(input_size=4, hidden_size=8, num_layers=2, method="parallel")
+    >>> outputs, h_n = layer.apply(layer.init(jax.random.key(0)), jnp.ones((5, 3, 4)))
+    >>> outputs.shape, h_n.shape
+    ((5, 3, 8), (2, 3, 8))
+    """
+
+    _cell_type = min_rnn.MinGRUCell
+
+
+class MinLSTM(_CellLayer):
+    """Multi-layer minLSTM (`seqjax.recurrences.min_rnn.MinLSTMCell`), parallel over time."""
+
+    _cell_type = min_rnn.MinLSTMCell
+
+
+class LRU(_CellLayer):
+    """Multi-layer LRU (`seqjax.recurrences.lru.LRUCell`); the state is complex `[L*n, b, N]`."""
+
+    _cell_type = lru.LRUCell
+
+
+class RGLRU(_CellLayer):
+    """Multi-layer RG-LRU (`seqjax.recurrences.lru.RGLRUCell`), Griffin's recurrence."""
+
+    _cell_type = lru.RGLRUCell
+
+
+class Mamba(_CellLayer):
+    """Multi-layer Mamba mixers (`seqjax.recurrences.mamba.MambaCell`); the state is a
+    `MambaState(conv [L*n, b, K-1, E], ssm [L*n, b, E, N])`."""
+
+    _cell_type = mamba.MambaCell
+
+
 class _TorchLayer(Recurrent):
     """A built-in cell's layer: PyTorch's arguments in PyTorch's order, exact
     `state_dict` conversion. Keyword-only: the cell's own options (`recurrent_init`,
     and the LSTM's `forget_bias`) and the switches of `Recurrent`."""
 
     _cell_type: ClassVar[type]
-    _SWITCHES: ClassVar[tuple[str, ...]] = ("unroll", "hoist_projection", "custom_backward", "cpu_kernel")
+    _SWITCHES: ClassVar[tuple[str, ...]] = _CellLayer._SWITCHES
 
     def __init__(
         self,

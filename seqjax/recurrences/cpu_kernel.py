@@ -87,11 +87,12 @@ def _cpu_id() -> str:
     return platform.machine() + flags
 
 
-def _compile() -> pathlib.Path:
+def _compile(source_path: pathlib.Path) -> pathlib.Path:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not compiler:
         raise RuntimeError("no C++ compiler found (set $CXX)")
-    source = _SOURCE.read_bytes()
+    # The key covers the shared headers too: a change to any rebuilds every kernel.
+    source = b"\0".join(p.read_bytes() for p in [source_path, *sorted(source_path.parent.glob("*.h"))])
     key = hashlib.sha256(
         b"\0".join(
             [
@@ -109,32 +110,37 @@ def _compile() -> pathlib.Path:
     except OSError:  # e.g. a read-only home
         cache = pathlib.Path(tempfile.gettempdir()) / "seqjax"
         cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"rnn_cpu_{key}.so"
+    target = cache / f"{source_path.stem}_{key}.so"
     if target.exists():
         return target
     # Built under a temporary name and renamed: concurrent processes (pytest -n)
     # never load a half-written library.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(fd)
-    command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+    command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(source_path), "-o", tmp]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         os.unlink(tmp)
-        raise RuntimeError(f"compiling {_SOURCE.name} failed:\n{result.stderr[-2000:]}")
+        raise RuntimeError(f"compiling {source_path.name} failed:\n{result.stderr[-2000:]}")
     os.replace(tmp, target)
     return target
 
 
 @functools.cache
-def _load() -> str | None:
-    """Builds and registers the kernels once per process; the error text, or None."""
+def load(source_path: pathlib.Path, targets: tuple[str, ...]) -> str | None:
+    """Builds `source_path` (a C++ file of `kernels/`) and registers its FFI `targets`
+    on CPU, once per process; returns the error text, or None."""
     try:
-        library = ctypes.CDLL(str(_compile()))
+        library = ctypes.CDLL(str(_compile(source_path)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         return str(e)
-    for name in ("SeqjaxRnnForward", "SeqjaxRnnBackward"):
+    for name in targets:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
     return None
+
+
+def _load() -> str | None:
+    return load(_SOURCE, ("SeqjaxRnnForward", "SeqjaxRnnBackward"))
 
 
 def enabled() -> bool:

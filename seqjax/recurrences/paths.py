@@ -7,6 +7,8 @@ backend and the caller's switches, never from the cell's name.
 The paths, each needing a capability of `seqjax.recurrences.protocol` (a cell
 without it takes the next path that applies; `PLAIN` runs every cell):
 
+    SEQUENCE    the cell's own `run_sequence` over the whole sequence (a parallel or
+                fused linear recurrence): `RunsSequence`. Default wherever it applies.
     KERNEL      the fused CPU loop (`cpu_kernel.scan_kernel`): CPU, float32, a cell
                 that one of its loops computes. Default on CPU where it applies.
     SCAN_CELL   `scan.scan_cell`'s hand-written backward pass: `DenseRecurrence`.
@@ -27,13 +29,15 @@ from typing import Any
 
 import jax
 
-from seqjax.recurrences import cpu_kernel, scan
-from seqjax.recurrences.protocol import DenseRecurrence, ProjectsInput
+from seqjax import validation
+from seqjax.recurrences import cpu_kernel, linear, scan
+from seqjax.recurrences.protocol import DenseRecurrence, ProjectsInput, RunsSequence
 
 Array = jax.Array
 
 
 class Path(enum.Enum):
+    SEQUENCE = "sequence"
     KERNEL = "kernel"
     SCAN_CELL = "scan_cell"
     HOISTED = "hoisted"
@@ -54,12 +58,16 @@ class Switches:
         CPU whenever it applies, `custom_backward` is not False,
         `$SEQJAX_CPU_KERNEL` is not "0", and it could be built.
       unroll: forwarded to `lax.scan`.
+      method: how a `RunsSequence` cell's linear recurrence runs ("sequential",
+        "parallel", "chunked", "fused", "auto"; see `seqjax.recurrences.linear.Method`);
+        None is the cell's own `method`.
     """
 
     hoist_projection: bool | None = None
     custom_backward: bool | None = None
     cpu_kernel: bool | None = None
     unroll: int = 1
+    method: str | None = None
 
     def check(self, cell: Any) -> None:
         """Raises a ValueError for a switch set to True that the cell has no capability for."""
@@ -75,6 +83,13 @@ class Switches:
                     f"{name}=True needs a cell with the {capability} capability "
                     f"(seqjax.recurrences.protocol); {type(cell).__name__} has not"
                 )
+        if self.method is not None:
+            validation.as_enum(linear.Method, self.method, "method")
+            if not isinstance(cell, RunsSequence):
+                raise ValueError(
+                    f"method={self.method!r} needs a cell with the RunsSequence capability "
+                    f"(seqjax.recurrences.protocol); {type(cell).__name__} has not"
+                )
         if self.cpu_kernel not in (None, True, False):
             raise TypeError(f"cpu_kernel must be True, False or None; got {self.cpu_kernel!r}")
         if self.cpu_kernel and not cpu_kernel.has_loop(cell):
@@ -87,6 +102,8 @@ class Switches:
 
 def choose(cell: Any, switches: Switches, *arrays: Any) -> Path:
     """The path for `cell` on these arrays (params, carry, xs: their dtypes count)."""
+    if isinstance(cell, RunsSequence):
+        return Path.SEQUENCE
     on_cpu = jax.default_backend() == "cpu"
     custom_backward = switches.custom_backward
     if custom_backward is None:
@@ -150,6 +167,8 @@ def run(
         )
     if not time_major:
         raise ValueError(f"the {path.value} path reads time-major xs [t, b, d]")
+    if path is Path.SEQUENCE:
+        return cell.run_sequence(params, carry, xs, lengths=lengths, reverse=reverse, method=switches.method)
     options = dict(lengths=lengths, reverse=reverse, unroll=switches.unroll)
     if path is Path.SCAN_CELL:
         return scan.scan_cell(cell, params, carry, xs, hoist=hoist(cell, switches), **options)

@@ -23,6 +23,10 @@ without one takes the plain path, never a failure deep in a trace:
   with a hand-written backward pass.
 - A fused CPU loop: a `DenseRecurrence` cell whose `kernel` attribute names one of
   `seqjax.recurrences.cpu_kernel.KINDS` runs as one C++ loop on CPU.
+- `RunsSequence`: the cell computes a whole sequence in one call, as the gated
+  linear recurrences do with a parallel scan over time
+  (`seqjax.recurrences.linear`); layers then call `run_sequence` instead of
+  looping over `step`.
 
 A cell that declares a capability promises that the fast path computes what its
 `step` computes; a subclass that changes the maths must drop the capability (set
@@ -118,12 +122,39 @@ class DenseRecurrence(ProjectsInput, Protocol):
         ...
 
 
+@runtime_checkable
+class RunsSequence(Protocol):
+    """Capability: `run_sequence` computes what `step`, scanned over time, computes."""
+
+    def run_sequence(
+        self,
+        params: Params,
+        carry: Carry,
+        xs: Array,
+        *,
+        lengths: Array | None = None,
+        reverse: bool = False,
+        method: Any = None,
+    ) -> tuple[Carry, Array]:
+        """`seqjax.scan.scan(self.step, params, carry, xs, lengths=..., reverse=...)`.
+
+        xs: `[t, b, d]` time-major; returns `(final_carry, ys: [t, b, h])`, ys zero
+        past each length. `method` names how the linear recurrence runs (see
+        `seqjax.recurrences.linear.Method`); None is the cell's own choice.
+        """
+        ...
+
+
+def matmul(x: Array, w: Array) -> Array:
+    """`x: [..., d] @ w: [d, n] -> [..., n]`, as one 2-D matmul: XLA:CPU differentiates
+    a `[t, b, d] x [d, n]` contraction about 10x slower than the same product
+    flattened to `[t*b, d]`."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+
+
 def input_projection(params: dict[str, Array], x: Array) -> Array:
     """`x @ w_ih + b_ih` of a `DenseRecurrence` cell: `[..., d] -> [..., g*h]`."""
-    # As one 2-D matmul: XLA:CPU differentiates a [t, b, d] x [d, g*h] contraction
-    # about 10x slower than the same product flattened to [t*b, d].
-    w = params["w_ih"]
-    gx = (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+    gx = matmul(x, params["w_ih"])
     return gx + params["b_ih"] if "b_ih" in params else gx
 
 

@@ -40,12 +40,17 @@
 #include <thread>
 #include <vector>
 
+#include "fast_math.h"
+
 #ifndef SEQJAX_NO_FFI  // a build without XLA, for C++ benchmarks of the loops
 #include "xla/ffi/api/ffi.h"
 namespace ffi = xla::ffi;
 #endif
 
 namespace {
+
+using seqjax::Exp;
+using seqjax::Sigmoid;
 
 enum Kind : int64_t { kRnnTanh = 0, kRnnRelu = 1, kRnnIdentity = 2, kLstm = 3, kGru = 4 };
 
@@ -61,29 +66,7 @@ int NumGates(int64_t kind) { return kind == kLstm ? 4 : (kind == kGru ? 3 : 1); 
 int NumProjections(int64_t kind) { return kind == kGru ? 4 : NumGates(kind); }
 
 // ---------------------------------------------------------------- math
-// Vectorisable float32 exp: exp(x) = 2^n * exp(r), |r| <= ln2 / 2, with Cephes'
-// expf polynomial (relative error about 1e-7) and ln 2 split in two for an exact
-// reduction. Branch-free so that loops vectorise.
-inline float Exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float n = __builtin_floorf(x * 1.44269504f + 0.5f);
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
-
+// (Exp and Sigmoid: fast_math.h.)
 // tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)); below |x| = 0.3 that cancels, so an odd
 // Taylor polynomial takes over (its error there is below float32 rounding).
 inline float Tanh(float x) {

@@ -1,0 +1,461 @@
+// The diagonal linear recurrence h_t = a_t * h_{t-1} + b_t for XLA:CPU, through XLA's FFI
+// (see seqjax/recurrences/linear.py).
+//
+// A lax.scan of this recurrence spends its time in XLA's per-step overhead, and
+// lax.associative_scan does ~log2(t) times the memory traffic of one pass; the
+// recurrence itself is one multiply-add per element, bound by memory bandwidth.
+// Here one call runs the whole time loop: the columns (batch x state, independent
+// of each other) are split over threads, and each thread walks time over its
+// contiguous slice, reading the previous row of h from its own output (in cache).
+//
+// The backward pass is the same recurrence run the other way, fused with the
+// coefficient gradients: dh_t = g_t + a_{t+1} dh_{t+1}, da_t = dh_t h_{t-1},
+// db_t = dh_t, dh0 = a_first dh_first, in JAX's convention for complex numbers
+// (cotangents are not conjugated, as jax.vjp of a product).
+//
+// Layouts (row-major, time-major; N = the product of the other axes):
+//   a, b, hs, g, da, db [t, N]; h0, dh0 [N]. One dtype for all: f32, f64, c64, c128
+//   (complex numbers interleaved: N complex columns are 2N reals).
+// With reverse, time runs from t-1 down to 0: h_t = a_t h_{t+1} + b_t.
+//
+// Gated forms (minGRU, minLSTM of Feng et al. 2024) take the gate pre-activations
+// k [t, b, G*h] instead of (a, b): computing the coefficients in the loop saves
+// writing and reading them ([t, b, h] each, forward and backward), which on a CPU
+// costs more than the arithmetic. They handle lengths themselves (lengths [b]):
+// past a sequence's end the state stops and outputs are zero.
+//   minGRU  (G = 2, k = [k_z | k_h]):        z = sigmoid(k_z), a = 1 - z, b = z g(k_h)
+//   minLSTM (G = 3, k = [k_f | k_i | k_h]):  a = f / (f + i), b = i / (f + i) g(k_h),
+//           f = sigmoid(k_f), i = sigmoid(k_i), the ratio formed from exponentials
+//           scaled by their largest, so it never overflows nor divides 0 by 0
+//   g(x) = x + 1/2 for x >= 0, sigmoid(x) otherwise (positive and continuous).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+#include "fast_math.h"
+
+#ifndef SEQJAX_NO_FFI
+#include "xla/ffi/api/ffi.h"
+namespace ffi = xla::ffi;
+#endif
+
+namespace {
+
+// Columns below this per thread do not pay for starting the thread.
+constexpr int64_t kMinWorkPerThread = 1 << 16;  // elements of [t, N]
+constexpr int64_t kAlign = 16;                  // columns per thread, a multiple of this
+
+int NumThreads(int64_t t, int64_t n) {
+  int threads = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("SEQJAX_CPU_THREADS")) threads = std::atoi(env);
+  const int64_t by_work = std::max<int64_t>(1, t * n / kMinWorkPerThread);
+  const int64_t by_columns = std::max<int64_t>(1, n / kAlign);
+  return static_cast<int>(std::clamp<int64_t>(threads, 1, std::min(by_work, by_columns)));
+}
+
+// Runs fn(begin, end) over column ranges [begin, end) of [0, n), one per thread.
+template <typename Fn>
+void ForColumns(int64_t t, int64_t n, Fn fn) {
+  const int threads = NumThreads(t, n);
+  auto range = [&](int i) {
+    const int64_t begin = (n * i / threads) / kAlign * kAlign;
+    const int64_t end = i + 1 == threads ? n : (n * (i + 1) / threads) / kAlign * kAlign;
+    fn(begin, end);
+  };
+  std::vector<std::thread> workers;
+  for (int i = 1; i < threads; ++i) workers.emplace_back(range, i);
+  range(0);
+  for (auto& worker : workers) worker.join();
+}
+
+// out = a * h + b over columns [begin, end) (reals; complex as interleaved pairs).
+template <typename R, bool kComplex>
+inline void MulAdd(const R* a, const R* h, const R* b, R* out, int64_t begin, int64_t end) {
+  if constexpr (kComplex) {
+    for (int64_t j = begin; j < end; j += 2) {
+      const R ar = a[j], ai = a[j + 1], hr = h[j], hi = h[j + 1];
+      out[j] = ar * hr - ai * hi + b[j];
+      out[j + 1] = ar * hi + ai * hr + b[j + 1];
+    }
+  } else {
+    for (int64_t j = begin; j < end; ++j) out[j] = a[j] * h[j] + b[j];
+  }
+}
+
+// Steps in the order the recurrence runs: step s is time index Index(s).
+struct Order {
+  int64_t t;
+  bool reverse;
+  int64_t Index(int64_t s) const { return reverse ? t - 1 - s : s; }
+};
+
+template <typename R, bool kComplex>
+void RunForward(const R* a, const R* b, const R* h0, R* hs, int64_t t, int64_t n, bool reverse) {
+  const Order order{t, reverse};
+  ForColumns(t, n, [&](int64_t begin, int64_t end) {
+    const R* prev = h0;
+    for (int64_t s = 0; s < t; ++s) {
+      const int64_t row = order.Index(s) * n;
+      MulAdd<R, kComplex>(a + row, prev, b + row, hs + row, begin, end);
+      prev = hs + row;
+    }
+  });
+}
+
+// dh (kept in db's rows) = g + a_next * dh_next, from the last step to the first.
+template <typename R, bool kComplex>
+void RunBackward(const R* a, const R* hs, const R* h0, const R* g, R* da, R* db, R* dh0, int64_t t,
+                 int64_t n, bool reverse) {
+  const Order order{t, reverse};
+  ForColumns(t, n, [&](int64_t begin, int64_t end) {
+    std::vector<R> zeros(end - begin, R(0));
+    // carry = a_{s+1} * dh_{s+1}, the gradient reaching step s from the step after it.
+    std::vector<R> carry(zeros);
+    R* c = carry.data() - begin;  // indexed by column
+    for (int64_t s = t - 1; s >= 0; --s) {
+      const int64_t row = order.Index(s) * n;
+      const R* h_prev = s == 0 ? h0 : hs + order.Index(s - 1) * n;
+      R* dh = db + row;
+      for (int64_t j = begin; j < end; ++j) dh[j] = g[row + j] + c[j];
+      if constexpr (kComplex) {
+        for (int64_t j = begin; j < end; j += 2) {
+          const R dr = dh[j], di = dh[j + 1], hr = h_prev[j], hi = h_prev[j + 1];
+          const R ar = a[row + j], ai = a[row + j + 1];
+          da[row + j] = dr * hr - di * hi;
+          da[row + j + 1] = dr * hi + di * hr;
+          c[j] = ar * dr - ai * di;
+          c[j + 1] = ar * di + ai * dr;
+        }
+      } else {
+        for (int64_t j = begin; j < end; ++j) {
+          da[row + j] = dh[j] * h_prev[j];
+          c[j] = a[row + j] * dh[j];
+        }
+      }
+    }
+    std::copy(c + begin, c + end, dh0 + begin);
+  });
+}
+
+
+// ---------------------------------------------------------------- gated forms
+using seqjax::Exp;
+using seqjax::Sigmoid;
+
+enum GateForm : int64_t { kMinGru = 0, kMinLstm = 1 };
+
+constexpr int kBlock = 16;  // units per block: loops of known length vectorise
+
+// The loops below run over a block of n <= kBlock units; N = kBlock gives loops of
+// known length (straight vector code), N = 0 the general (last) block.
+#define SEQJAX_BLOCK for (int64_t j = 0; j < (N ? N : n); ++j)
+
+template <typename R>
+inline R G(R x) {
+  const R s = Sigmoid(x);
+  return x >= R(0) ? x + R(0.5) : s;
+}
+
+// The coefficients a of a block of units and the values they mix in: h = a h_prev + (1 - a) v.
+// k points at the row's k_[first gate] + u; h is the gate stride.
+template <typename R, int64_t kForm, int N>
+inline void Coefficients(int64_t n, const R* __restrict k, int64_t h, R* __restrict a, R* __restrict v) {
+  constexpr int64_t kValue = kForm == kMinLstm ? 2 : 1;  // the gate of k_h
+  SEQJAX_BLOCK v[j] = G(k[kValue * h + j]);
+  if constexpr (kForm == kMinGru) {
+    SEQJAX_BLOCK a[j] = R(1) - Sigmoid(k[j]);
+  } else {
+    // f / (f + i) = D / (N + D), N = (1 + e^-kf) e^-m, D = (1 + e^-ki) e^-m, m = max(0, -kf, -ki).
+    SEQJAX_BLOCK {
+      const R kf = k[j], ki = k[h + j];
+      const R m0 = -kf > -ki ? -kf : -ki;
+      const R m = m0 > R(0) ? m0 : R(0);
+      const R em = Exp(-m), num = em + Exp(-kf - m), den = em + Exp(-ki - m);
+      a[j] = den / (num + den);
+    }
+  }
+}
+
+template <typename R, int64_t kForm, int N>
+inline void ForwardBlock(int64_t n, const R* __restrict k, int64_t h, R* __restrict state, R* __restrict out) {
+  R a[kBlock], v[kBlock];
+  Coefficients<R, kForm, N>(n, k, h, a, v);
+  SEQJAX_BLOCK state[j] = a[j] * state[j] + (R(1) - a[j]) * v[j];
+  SEQJAX_BLOCK out[j] = state[j];
+}
+
+// d loss / d k of a block into dk (same layout as k), given g (the gradient of the
+// step's output) and carry (of its new state, from later steps); carry becomes the
+// gradient of the previous state.
+template <typename R, int64_t kForm, int N>
+inline void BackwardBlock(int64_t n, const R* __restrict k, int64_t h, const R* __restrict h_prev,
+                          const R* __restrict g, R* __restrict carry, R* __restrict dk) {
+  constexpr int64_t kValue = kForm == kMinLstm ? 2 : 1;
+  R a[kBlock], v[kBlock], dh[kBlock], da[kBlock];
+  Coefficients<R, kForm, N>(n, k, h, a, v);
+  SEQJAX_BLOCK dh[j] = g[j] + carry[j];
+  SEQJAX_BLOCK da[j] = dh[j] * (h_prev[j] - v[j]) * a[j] * (R(1) - a[j]);  // times d a / d logit(a)
+  SEQJAX_BLOCK {
+    const R x = k[kValue * h + j], s = Sigmoid(x);
+    dk[kValue * h + j] = dh[j] * (R(1) - a[j]) * (x >= R(0) ? R(1) : s * (R(1) - s));  // g'(x)
+  }
+  if constexpr (kForm == kMinGru) {
+    SEQJAX_BLOCK dk[j] = -da[j];  // a = 1 - sigmoid(k_z)
+  } else {
+    // logit(a) = log f - log i: d/dk_f = sigmoid(-k_f), d/dk_i = -sigmoid(-k_i).
+    SEQJAX_BLOCK dk[j] = da[j] * Sigmoid(-k[j]);
+    SEQJAX_BLOCK dk[h + j] = -da[j] * Sigmoid(-k[h + j]);
+  }
+  SEQJAX_BLOCK carry[j] = dh[j] * a[j];
+}
+
+#undef SEQJAX_BLOCK
+
+struct GatedShape {
+  int64_t t, b, h, gates;
+  bool reverse;
+  int64_t Index(int64_t s) const { return reverse ? t - 1 - s : s; }
+};
+
+// Runs fn(u_begin, u_end) over ranges of hidden units, one per thread.
+template <typename Fn>
+void ForUnits(const GatedShape& s, Fn fn) {
+  const int threads = NumThreads(s.t * s.b, s.h);
+  auto range = [&](int i) {
+    const int64_t begin = (s.h * i / threads) / kAlign * kAlign;
+    fn(begin, i + 1 == threads ? s.h : (s.h * (i + 1) / threads) / kAlign * kAlign);
+  };
+  std::vector<std::thread> workers;
+  for (int i = 1; i < threads; ++i) workers.emplace_back(range, i);
+  range(0);
+  for (auto& worker : workers) worker.join();
+}
+
+template <typename R, int64_t kForm>
+void GatedForward(const GatedShape& s, const R* k, const R* h0, const int32_t* lengths, R* hs, R* h_n) {
+  ForUnits(s, [&](int64_t u0, int64_t u1) {
+    for (int64_t r = 0; r < s.b; ++r) std::copy(h0 + r * s.h + u0, h0 + r * s.h + u1, h_n + r * s.h + u0);
+    for (int64_t step = 0; step < s.t; ++step) {
+      const int64_t t = s.Index(step);
+      for (int64_t r = 0; r < s.b; ++r) {
+        R* out = hs + (t * s.b + r) * s.h;
+        if (t >= lengths[r]) {
+          std::fill(out + u0, out + u1, R(0));
+          continue;
+        }
+        const R* kr = k + (t * s.b + r) * s.gates * s.h;
+        R* state = h_n + r * s.h;
+        for (int64_t u = u0; u < u1; u += kBlock) {
+          if (u + kBlock <= u1) {
+            ForwardBlock<R, kForm, kBlock>(kBlock, kr + u, s.h, state + u, out + u);
+          } else {
+            ForwardBlock<R, kForm, 0>(u1 - u, kr + u, s.h, state + u, out + u);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename R, int64_t kForm>
+void GatedBackward(const GatedShape& s, const R* k, const R* hs, const R* h0, const int32_t* lengths, const R* g,
+                   const R* d_hn, R* dk, R* dh0) {
+  ForUnits(s, [&](int64_t u0, int64_t u1) {
+    // dh0 carries the gradient reaching each step from the one after it.
+    for (int64_t r = 0; r < s.b; ++r) std::copy(d_hn + r * s.h + u0, d_hn + r * s.h + u1, dh0 + r * s.h + u0);
+    for (int64_t step = s.t - 1; step >= 0; --step) {
+      const int64_t t = s.Index(step);
+      for (int64_t r = 0; r < s.b; ++r) {
+        R* dkr = dk + (t * s.b + r) * s.gates * s.h;
+        if (t >= lengths[r]) {
+          for (int64_t gate = 0; gate < s.gates; ++gate) std::fill(dkr + gate * s.h + u0, dkr + gate * s.h + u1, R(0));
+          continue;
+        }
+        const int64_t prev = step > 0 ? s.Index(step - 1) : -1;
+        const R* h_prev = prev >= 0 && prev < lengths[r] ? hs + (prev * s.b + r) * s.h : h0 + r * s.h;
+        const R* kr = k + (t * s.b + r) * s.gates * s.h;
+        const R* gr = g + (t * s.b + r) * s.h;
+        R* carry = dh0 + r * s.h;
+        for (int64_t u = u0; u < u1; u += kBlock) {
+          if (u + kBlock <= u1) {
+            BackwardBlock<R, kForm, kBlock>(kBlock, kr + u, s.h, h_prev + u, gr + u, carry + u, dkr + u);
+          } else {
+            BackwardBlock<R, kForm, 0>(u1 - u, kr + u, s.h, h_prev + u, gr + u, carry + u, dkr + u);
+          }
+        }
+      }
+    }
+  });
+}
+
+#ifndef SEQJAX_NO_FFI
+// [t, N] from a buffer of shape [t, ...]; for complex dtypes N counts reals.
+struct Dims {
+  int64_t t, n;
+};
+
+Dims RowsOf(const ffi::AnyBuffer& x, bool complex) {
+  const auto dims = x.dimensions();
+  int64_t n = complex ? 2 : 1;
+  for (size_t i = 1; i < dims.size(); ++i) n *= dims[i];
+  return {dims.size() == 0 ? 0 : dims[0], n};
+}
+
+template <typename Fn>
+ffi::Error Dispatch(ffi::DataType dtype, Fn fn) {
+  switch (dtype) {
+    case ffi::F32:
+      fn(float{}, std::false_type{});
+      return ffi::Error::Success();
+    case ffi::F64:
+      fn(double{}, std::false_type{});
+      return ffi::Error::Success();
+    case ffi::C64:
+      fn(float{}, std::true_type{});
+      return ffi::Error::Success();
+    case ffi::C128:
+      fn(double{}, std::true_type{});
+      return ffi::Error::Success();
+    default:
+      return ffi::Error::InvalidArgument("linear recurrence: dtype must be f32, f64, c64 or c128");
+  }
+}
+
+bool IsComplex(ffi::DataType dtype) { return dtype == ffi::C64 || dtype == ffi::C128; }
+
+ffi::Error Forward(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer h0, ffi::Result<ffi::AnyBuffer> hs,
+                   bool reverse) {
+  const auto dtype = a.element_type();
+  if (b.element_type() != dtype || h0.element_type() != dtype || hs->element_type() != dtype)
+    return ffi::Error::InvalidArgument("linear recurrence: a, b, h0 must share one dtype");
+  const Dims d = RowsOf(a, IsComplex(dtype));
+  if (b.element_count() != a.element_count() || hs->element_count() != a.element_count() ||
+      h0.element_count() * (IsComplex(dtype) ? 2 : 1) != size_t(d.n))
+    return ffi::Error::InvalidArgument("linear recurrence: a, b must be [t, N] and h0 [N]");
+  return Dispatch(dtype, [&](auto real, auto complex) {
+    using R = decltype(real);
+    RunForward<R, decltype(complex)::value>(static_cast<const R*>(a.untyped_data()),
+                                            static_cast<const R*>(b.untyped_data()),
+                                            static_cast<const R*>(h0.untyped_data()),
+                                            static_cast<R*>(hs->untyped_data()), d.t, d.n, reverse);
+  });
+}
+
+ffi::Error Backward(ffi::AnyBuffer a, ffi::AnyBuffer hs, ffi::AnyBuffer h0, ffi::AnyBuffer g,
+                    ffi::Result<ffi::AnyBuffer> da, ffi::Result<ffi::AnyBuffer> db,
+                    ffi::Result<ffi::AnyBuffer> dh0, bool reverse) {
+  const auto dtype = a.element_type();
+  const Dims d = RowsOf(a, IsComplex(dtype));
+  if (hs.element_count() != a.element_count() || g.element_count() != a.element_count() ||
+      h0.element_count() * (IsComplex(dtype) ? 2 : 1) != size_t(d.n))
+    return ffi::Error::InvalidArgument("linear recurrence: a, hs, g must be [t, N] and h0 [N]");
+  return Dispatch(dtype, [&](auto real, auto complex) {
+    using R = decltype(real);
+    RunBackward<R, decltype(complex)::value>(
+        static_cast<const R*>(a.untyped_data()), static_cast<const R*>(hs.untyped_data()),
+        static_cast<const R*>(h0.untyped_data()), static_cast<const R*>(g.untyped_data()),
+        static_cast<R*>(da->untyped_data()), static_cast<R*>(db->untyped_data()),
+        static_cast<R*>(dh0->untyped_data()), d.t, d.n, reverse);
+  });
+}
+
+template <typename Fn>
+ffi::Error DispatchGated(ffi::DataType dtype, int64_t form, Fn fn) {
+  if (form != kMinGru && form != kMinLstm) return ffi::Error::InvalidArgument("gated recurrence: unknown form");
+  if (dtype == ffi::F32) {
+    form == kMinGru ? fn(float{}, std::integral_constant<int64_t, kMinGru>{})
+                    : fn(float{}, std::integral_constant<int64_t, kMinLstm>{});
+  } else if (dtype == ffi::F64) {
+    form == kMinGru ? fn(double{}, std::integral_constant<int64_t, kMinGru>{})
+                    : fn(double{}, std::integral_constant<int64_t, kMinLstm>{});
+  } else {
+    return ffi::Error::InvalidArgument("gated recurrence: dtype must be f32 or f64");
+  }
+  return ffi::Error::Success();
+}
+
+GatedShape ShapeOf(const ffi::AnyBuffer& k, int64_t form, bool reverse) {
+  const auto dims = k.dimensions();
+  const int64_t gates = form == kMinGru ? 2 : 3;
+  return {dims[0], dims[1], dims[2] / gates, gates, reverse};
+}
+
+ffi::Error GatedForwardFfi(ffi::AnyBuffer k, ffi::AnyBuffer h0, ffi::Buffer<ffi::S32> lengths,
+                           ffi::Result<ffi::AnyBuffer> hs, ffi::Result<ffi::AnyBuffer> h_n, int64_t form,
+                           bool reverse) {
+  if (k.dimensions().size() != 3) return ffi::Error::InvalidArgument("gated recurrence: k must be [t, b, G*h]");
+  const GatedShape s = ShapeOf(k, form, reverse);
+  if (h0.element_count() != size_t(s.b * s.h) || lengths.element_count() != size_t(s.b))
+    return ffi::Error::InvalidArgument("gated recurrence: h0 must be [b, h] and lengths [b]");
+  return DispatchGated(k.element_type(), form, [&](auto real, auto kind) {
+    using R = decltype(real);
+    GatedForward<R, decltype(kind)::value>(s, static_cast<const R*>(k.untyped_data()),
+                                            static_cast<const R*>(h0.untyped_data()), lengths.typed_data(),
+                                            static_cast<R*>(hs->untyped_data()), static_cast<R*>(h_n->untyped_data()));
+  });
+}
+
+ffi::Error GatedBackwardFfi(ffi::AnyBuffer k, ffi::AnyBuffer hs, ffi::AnyBuffer h0, ffi::Buffer<ffi::S32> lengths,
+                            ffi::AnyBuffer g, ffi::AnyBuffer d_hn, ffi::Result<ffi::AnyBuffer> dk,
+                            ffi::Result<ffi::AnyBuffer> dh0, int64_t form, bool reverse) {
+  if (k.dimensions().size() != 3) return ffi::Error::InvalidArgument("gated recurrence: k must be [t, b, G*h]");
+  const GatedShape s = ShapeOf(k, form, reverse);
+  return DispatchGated(k.element_type(), form, [&](auto real, auto kind) {
+    using R = decltype(real);
+    GatedBackward<R, decltype(kind)::value>(
+        s, static_cast<const R*>(k.untyped_data()), static_cast<const R*>(hs.untyped_data()),
+        static_cast<const R*>(h0.untyped_data()), lengths.typed_data(), static_cast<const R*>(g.untyped_data()),
+        static_cast<const R*>(d_hn.untyped_data()), static_cast<R*>(dk->untyped_data()),
+        static_cast<R*>(dh0->untyped_data()));
+  });
+}
+#endif
+
+}  // namespace
+
+#ifndef SEQJAX_NO_FFI
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLinearForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // a
+                                  .Arg<ffi::AnyBuffer>()  // b
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Ret<ffi::AnyBuffer>()  // hs
+                                  .Attr<bool>("reverse"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLinearBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // a
+                                  .Arg<ffi::AnyBuffer>()  // hs
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // g
+                                  .Ret<ffi::AnyBuffer>()  // da
+                                  .Ret<ffi::AnyBuffer>()  // db
+                                  .Ret<ffi::AnyBuffer>()  // dh0
+                                  .Attr<bool>("reverse"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGatedForward, GatedForwardFfi,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // k
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Ret<ffi::AnyBuffer>()  // hs
+                                  .Ret<ffi::AnyBuffer>()  // h_n
+                                  .Attr<int64_t>("form")
+                                  .Attr<bool>("reverse"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGatedBackward, GatedBackwardFfi,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // k
+                                  .Arg<ffi::AnyBuffer>()  // hs
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
+                                  .Arg<ffi::AnyBuffer>()  // g
+                                  .Arg<ffi::AnyBuffer>()  // d_hn
+                                  .Ret<ffi::AnyBuffer>()  // dk
+                                  .Ret<ffi::AnyBuffer>()  // dh0
+                                  .Attr<int64_t>("form")
+                                  .Attr<bool>("reverse"));
+#endif
