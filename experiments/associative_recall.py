@@ -7,17 +7,23 @@ marks each value with its key, the next finds the queried key).
 
     python -m experiments.associative_recall
     python -m experiments.associative_recall --lengths=64,128,256 --steps=5000
+    python -m experiments.associative_recall --models=gru,mingru,lru,mamba,transformer --seeds=0,1,2
+
+accuracy_vs_length.png plots accuracy against the number of pairs, mean and spread
+over seeds.
 """
 
 from experiments import common
 from seqjax import tasks
 
+TASK = tasks.AssociativeRecall(vocab_size=64)
 EXPERIMENT = common.Experiment(
     name="associative_recall",
-    task=tasks.AssociativeRecall(vocab_size=64),
+    task=TASK,
     lengths=(32, 64),
     steps=600,
     num_layers=2,
+    x_axis=("key-value pairs", TASK.pairs),
 )
 
 if __name__ == "__main__":

@@ -135,6 +135,8 @@ class Experiment:
       eval_task: `train_length -> task` used at those lengths (default: the task),
         e.g. parity scored on strings longer than any seen in training.
       num_layers: default depth of every model.
+      x_axis: `(label, length -> value)`: what accuracy_vs_length.png plots
+        accuracy against (the length if None), e.g. MQAR's number of pairs.
     """
 
     name: str
@@ -147,6 +149,7 @@ class Experiment:
     eval_lengths: tuple[int, ...] = ()
     eval_task: Callable[[int], Any] | None = None
     num_layers: int = 1
+    x_axis: tuple[str, Callable[[int], float]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -553,14 +556,19 @@ def plot(workdir: pathlib.Path, experiment: Experiment, rows: list[dict], curves
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
+    label, x_of = experiment.x_axis or ("length", lambda n: n)
+    xs = [x_of(n) for n in lengths]
     for model in models:
-        means = [
-            np.mean([r["accuracy"] for r in rows if r["model"] == model and r["length"] == n])
-            for n in lengths
+        accuracies = [
+            [r["accuracy"] for r in rows if r["model"] == model and r["length"] == n] for n in lengths
         ]
-        ax.plot(lengths, means, "o-", color=colors[model], label=model)
-    ax.plot(lengths, [experiment.task.baseline(n).accuracy for n in lengths], "k--", label="memoryless")
-    ax.set_xlabel("length")
+        # Mean and spread over seeds.
+        ax.errorbar(
+            xs, [np.mean(a) for a in accuracies], yerr=[np.std(a) for a in accuracies],
+            fmt="o-", capsize=3, color=colors[model], label=model,
+        )  # fmt: skip
+    ax.plot(xs, [experiment.task.baseline(n).accuracy for n in lengths], "k--", label="memoryless")
+    ax.set_xlabel(label)
     ax.set_ylabel("final accuracy")
     ax.set_ylim(0, 1.02)
     ax.set_title(experiment.name)

@@ -55,6 +55,7 @@ INITS = ("default", "orthogonal", "scaled")
 MODELS = ("rnn", "rnn:nonlinearity=relu", "lstm", "lstm:forget_bias=None", "gru", "transformer")  # default
 INPUT_SIZE = 8
 BACKBONE_LAYERS = 2  # a backbone family is profiled two layers deep, as attention needs
+MAX_JACOBIAN_STATE = 512  # the largest state whose recurrent Jacobian spectrum is taken
 
 
 def scale_recurrence(module: Any, params: dict[str, Any], factor: float) -> dict[str, Any]:
@@ -86,6 +87,10 @@ def measure_cell(cell: Any, init: str, length: int, batch: int, scale: float) ->
         lambda p, x: diagnostics.hidden_state_gradients(cell, p, x, lambda ys: jnp.mean(ys[-1] @ readout))
     )(params, xs)
     norms = diagnostics.profile(grads)  # [t]
+    state_size = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(cell.initial_carry()))
+    if state_size > MAX_JACOBIAN_STATE:
+        # A [s, s] Jacobian per step would not fit (Mamba's [E, N] state): no spectrum.
+        return {"norms": norms, "spectral_radius": None, "max_singular_value": None}
     # The spectrum along a few trajectories: eigenvalues are costly, and these vary little.
     spectrum = jax.jit(functools.partial(diagnostics.jacobian_spectrum, cell))(params, xs[:, :4])
     return {

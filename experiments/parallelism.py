@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+import seqjax
 from experiments import run_config, user_modules
 from seqjax import registry
 from seqjax.models import SequenceModel, count_params
@@ -75,6 +76,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("workdir", "runs/parallelism", "Output directory.")
 
 MODES = ("train", "inference")
+METHODS = tuple(m.value for m in linear.Method)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +109,15 @@ def _params(model: SequenceModel) -> int:
 
 
 def matched_width(family: str, budget: int) -> int:
-    """The width whose model has the parameter count nearest `budget` (a multiple of 8)."""
-    widths = range(8, 4 * FLAGS.hidden_size + 1, 8)
-    return min(widths, key=lambda h: abs(_params(_model(family, h, None)) - budget))
+    """The width (a multiple of 8) whose model's parameter count is nearest `budget`;
+    the count grows with the width, so a bisection finds it."""
+    lo, hi = 1, 8
+    while _params(_model(family, 8 * hi, None)) < budget:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _params(_model(family, 8 * mid, None)) < budget else (lo, mid)
+    return min((8 * lo, 8 * hi), key=lambda h: abs(_params(_model(family, h, None)) - budget))
 
 
 def largest_array(family: str, model: SequenceModel, length: int, batch: int) -> int:
@@ -131,75 +139,80 @@ def _functions(model: SequenceModel):
     return jax.jit(jax.grad(loss)), jax.jit(model.apply)
 
 
-def _time(fn, *args) -> tuple[float, float]:
-    jax.block_until_ready(fn(*args))  # warm-up (after compilation)
-    times = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
+def _time_alternating(calls: dict[Any, tuple[Any, tuple]]) -> dict[Any, tuple[float, float]]:
+    """(median, min) ms of each `fn(*args)` of `calls`, called in turn --repeats times
+    after a warm-up call each, so that every one sees the same machine load."""
+    for fn, args in calls.values():
         jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3, float(np.min(times)) * 1e3
+    times: dict[Any, list[float]] = {name: [] for name in calls}
+    for _ in range(FLAGS.repeats):
+        for name, (fn, args) in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: (float(np.median(v)) * 1e3, float(np.min(v)) * 1e3) for name, v in times.items()}
 
 
 def _memory_mb(fn, *args) -> float | None:
-    try:
-        stats = fn.lower(*args).compile().memory_analysis()
-        return (stats.temp_size_in_bytes + stats.output_size_in_bytes) / 2**20
-    except (AttributeError, NotImplementedError):
+    """XLA's planned temporaries plus outputs of the compiled `fn`, in MB (None where the
+    backend does not report them)."""
+    stats = fn.lower(*args).compile().memory_analysis()
+    if stats is None:
         return None
+    return (stats.temp_size_in_bytes + stats.output_size_in_bytes) / 2**20
 
 
-def measure(family: str, method: str | None, hidden: int, length: int, batch: int) -> list[Row]:
-    model = _model(family, hidden, method)
-    n = _params(model)
-    label = method or "-"
-    if largest_array(family, model, length, batch) > FLAGS.max_elements:
+def measure(family: str, methods: list[str | None], hidden: int, length: int, batch: int) -> list[Row]:
+    """Rows of every method and mode at one size; the methods are timed in alternation."""
+    models = {method: _model(family, hidden, method) for method in methods}
+    first = next(iter(models.values()))
+    n = _params(first)
+    if largest_array(family, first, length, batch) > FLAGS.max_elements:
         note = f"skipped: an array over --max_elements={FLAGS.max_elements:.3g}"
-        return [Row(family, label, m, length, batch, hidden, n, None, None, None, note) for m in MODES]
-    params = model.init(jax.random.key(0))
+        return [
+            Row(family, method or "-", m, length, batch, hidden, n, None, None, None, note)
+            for method in methods
+            for m in MODES
+        ]
+    params = first.init(jax.random.key(0))  # the methods share parameters
     xs = jax.random.normal(jax.random.key(1), (batch, length, FLAGS.input_size))
-    train_fn, forward_fn = _functions(model)
-    memory = _memory_mb(train_fn, params, xs)
+    fns = {method: _functions(model) for method, model in models.items()}
+    memory = {method: _memory_mb(fns[method][0], params, xs) for method in methods}
     rows = []
-    for mode, fn in zip(MODES, (train_fn, forward_fn), strict=True):
-        ms, ms_min = _time(fn, params, xs)
-        rows.append(Row(family, label, mode, length, batch, hidden, n, ms, ms_min, memory))
+    for k, mode in enumerate(MODES):
+        timed = _time_alternating({method: (fn[k], (params, xs)) for method, fn in fns.items()})
+        for method, (ms, ms_min) in timed.items():
+            rows.append(
+                Row(family, method or "-", mode, length, batch, hidden, n, ms, ms_min, memory[method])
+            )
     return rows
 
 
 def headline(spec: str) -> list[dict[str, Any]]:
     """The GRU layer against the minGRU layer at one size, train step, timed in alternation."""
-    import seqjax
-
     t, b, h = (int(v) for v in spec.split("x"))
     xs = jax.random.normal(jax.random.key(1), (t, b, h))
-    layers = {"gru": seqjax.GRU(h, h)}
-    layers |= {
-        f"mingru/{m}": seqjax.MinGRU(h, h, method=m)
-        for m in ("sequential", "parallel", "chunked", "fused", "auto")
+    layers = {"GRU": seqjax.GRU(h, h)} | {f"minGRU {m}": seqjax.MinGRU(h, h, method=m) for m in METHODS}
+    calls = {
+        name: (
+            jax.jit(jax.grad(lambda p, x, layer=layer: jnp.mean(layer.apply(p, x)[0] ** 2))),
+            (layer.init(jax.random.key(0)), xs),
+        )
+        for name, layer in layers.items()
     }
-    fns, params = {}, {}
-    for name, layer in layers.items():
-        params[name] = layer.init(jax.random.key(0))
-        fns[name] = jax.jit(jax.grad(lambda p, x, layer=layer: jnp.mean(layer.apply(p, x)[0] ** 2)))
-        jax.block_until_ready(fns[name](params[name], xs))
-    times: dict[str, list[float]] = {name: [] for name in layers}
-    for _ in range(FLAGS.repeats):
-        for name in layers:
-            start = time.perf_counter()
-            jax.block_until_ready(fns[name](params[name], xs))
-            times[name].append(time.perf_counter() - start)
-    gru = float(np.median(times["gru"]))
+    timed = _time_alternating(calls)
+    reference = timed["GRU"][0]
     return [
         {
             "layer": name,
             "t": t,
             "b": b,
             "d=h": h,
-            "ms": float(np.median(v)) * 1e3,
-            "speedup_vs_gru": gru / float(np.median(v)),
+            "ms": ms,
+            "ms_min": ms_min,
+            "speedup_vs_gru": reference / ms,
         }
-        for name, v in times.items()
+        for name, (ms, ms_min) in timed.items()
     ]
 
 
@@ -208,8 +221,10 @@ def markdown(rows: list[Row], head: list[dict[str, Any]]) -> str:
     if head:
         t, b, h = head[0]["t"], head[0]["b"], head[0]["d=h"]
         lines += [f"Headline: train step (forward + backward) of one layer, t={t}, b={b}, d=h={h}", ""]
-        lines += ["| layer | ms | speed-up vs GRU |", "|---|---:|---:|"]
-        lines += [f"| {r['layer']} | {r['ms']:.1f} | {r['speedup_vs_gru']:.2f}x |" for r in head]
+        lines += ["| layer | median ms | min ms | speed-up vs GRU (medians) |", "|---|---:|---:|---:|"]
+        lines += [
+            f"| {r['layer']} | {r['ms']:.1f} | {r['ms_min']:.1f} | {r['speedup_vs_gru']:.2f}x |" for r in head
+        ]
         lines.append("")
     for mode in MODES:
         mode_rows = [r for r in rows if r.mode == mode]
@@ -249,7 +264,7 @@ def findings(rows: list[Row], head: list[dict[str, Any]]) -> list[str]:
     out = []
     if head:
         best = max(head[1:], key=lambda r: r["speedup_vs_gru"])
-        auto = next(r for r in head if r["layer"] == "mingru/auto")
+        auto = next(r for r in head if r["layer"] == "minGRU auto")
         out.append(
             f"At t={head[0]['t']}, b={head[0]['b']}, d=h={head[0]['d=h']} the minGRU layer trains "
             f"{auto['speedup_vs_gru']:.2f}x faster than the GRU with method=auto "
@@ -366,17 +381,16 @@ def main(argv):
         for family in FLAGS.models:
             hidden = matched_width(family, budget)
             methods = FLAGS.methods if _is_parallel(family) else [None]
-            for method in methods:
-                for length, batch in configs:
-                    for row in measure(family, method, hidden, length, batch):
-                        rows.append(row)
-                        out.write(json.dumps(dataclasses.asdict(row)) + "\n")
-                        out.flush()
-                        print(
-                            f"{row.model:>11} {row.method:>10} {row.mode:>9} t={row.length:<6} "
-                            f"b={row.batch:<3} {_fmt(row.ms):>8} ms  {_fmt(row.memory_mb):>7} MB {row.note}",
-                            flush=True,
-                        )
+            for length, batch in configs:
+                for row in measure(family, methods, hidden, length, batch):
+                    rows.append(row)
+                    out.write(json.dumps(dataclasses.asdict(row)) + "\n")
+                    out.flush()
+                    print(
+                        f"{row.model:>11} {row.method:>10} {row.mode:>9} t={row.length:<6} "
+                        f"b={row.batch:<3} {_fmt(row.ms):>8} ms  {_fmt(row.memory_mb):>7} MB {row.note}",
+                        flush=True,
+                    )
     text = markdown(rows, head)
     (workdir / "results.md").write_text(text)
     plot(workdir, rows)

@@ -22,8 +22,8 @@ TINY |= dict(log_every=2, eval_every=2, checkpoint_every=4)
 CASES = [
     ("copy_task", ("rnn",), (3,), ()),
     ("adding", ("lstm",), (6,), ()),
-    ("selective_copy", ("gru",), (6,), ()),
-    ("associative_recall", ("rnn",), (16,), ()),
+    ("selective_copy", ("mingru",), (6,), ()),
+    ("associative_recall", ("lru",), (16,), ()),
     ("flip_flop", ("lstm",), (8,), (12,)),
     ("parity", ("transformer",), (4,), (6,)),
 ]
@@ -204,3 +204,37 @@ def test_throughput_benchmark_runs_and_reports(tmp_path):
     report = (tmp_path / "results.md").read_text()
     assert "| gru | seqjax |" in report and "| indrnn | seqjax |" in report
     assert "layers 2bi, train" in report and "Scaling" in report
+
+
+def test_parallelism_benchmark_runs_and_reports(tmp_path):
+    """A tiny sweep: every model and method is timed or listed as skipped, tables and plot written."""
+    args = [
+        "--models=gru,mingru,mamba,transformer",
+        "--methods=parallel,auto",
+        "--lengths=4,8",
+        "--batches=2",
+        "--sweep_batch=1",
+        "--sweep_length=4",
+        "--hidden_size=32",
+        "--input_size=3",
+        "--repeats=1",
+        "--headline=6x2x4",
+        "--max_elements=3000",  # Mamba's [t, b, E, N] at t=8: over the limit, so skipped
+        f"--workdir={tmp_path}",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.parallelism", *args], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    # (gru, transformer: one path; mingru, mamba: 2 methods) x 3 configurations x 2 modes
+    assert len(rows) == 6 * 3 * 2
+    skipped = {(r["model"], r["length"]) for r in rows if r["ms"] is None}
+    assert ("mamba", 8) in skipped and not {"gru", "transformer"} & {model for model, _ in skipped}
+    assert all(r["ms"] > 0 and r["memory_mb"] > 0 for r in rows if r["ms"] is not None)
+    # One parameter budget: every width is matched to the GRU's count.
+    params = {r["model"]: r["params"] for r in rows}
+    assert max(params.values()) / min(params.values()) < 1.5
+    report = (tmp_path / "results.md").read_text()
+    assert "| minGRU auto |" in report and "What the numbers say" in report and "Skipped (memory)" in report
+    assert (tmp_path / "parallelism.png").read_bytes()[:4] == b"\x89PNG"

@@ -37,9 +37,7 @@ def test_feature_inputs_and_recurrent_one_hot_equals_features(key):
     np.testing.assert_allclose(
         tokens.apply(params, x), features.apply(params, jax.nn.one_hot(x, V)), rtol=1e-6, atol=1e-6
     )
-    with pytest.raises(
-        ValueError, match="unknown model family 'hyena'; registered: rnn, lstm, gru"
-    ):
+    with pytest.raises(ValueError, match="unknown model family 'hyena'; registered: rnn, lstm, gru"):
         SequenceModel("hyena", output_size=O, hidden_size=H, vocab_size=V)
     with pytest.raises(
         ValueError, match=r"family 'lstm' takes no option 'num_heads'; its options are .*forget_bias"

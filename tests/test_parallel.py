@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import seqjax
+from seqjax.analysis import diagnostics
 from seqjax.recurrences import linear, lru, mamba, min_rnn, paths, scan
 from seqjax.recurrences.linear import linear_recurrence
 from tests.helpers import check_grads_by_finite_differences, numpy_linear_recurrence, numpy_stack, sigmoid
@@ -265,3 +266,14 @@ def test_layers_take_the_sequence_path_and_the_method_switch():
     assert linear.resolve("auto", jnp.float32) is (
         linear.Method.FUSED if linear.fused_unavailable_reason() is None else linear.Method.SEQUENTIAL
     )
+
+
+def test_lru_recurrent_jacobian_has_the_moduli_of_its_eigenvalues():
+    # The complex state is differentiated as real and imaginary parts: J is block-diagonal
+    # with 2x2 rotation-scalings, whose spectral radius and norm are max |lambda|.
+    cell = lru.LRUCell(H, state_size=4)
+    params = cell.init(jax.random.key(0), D)
+    spectrum = diagnostics.jacobian_spectrum(cell, params, jax.random.normal(jax.random.key(1), (3, 2, D)))
+    modulus = np.exp(-np.exp(np.asarray(params["nu_log"], np.float64))).max()
+    np.testing.assert_allclose(spectrum.spectral_radius, modulus, rtol=1e-5)
+    np.testing.assert_allclose(spectrum.max_singular_value, modulus, rtol=1e-5)

@@ -130,9 +130,10 @@ class JacobianSpectrum(NamedTuple):
 def jacobian_spectrum(cell: Cell, params: Any, xs: Array) -> JacobianSpectrum:
     """The recurrent Jacobian's spectral radius and largest singular value at every step.
 
-    The state is the whole carry (h, or (h, c) for the LSTM, flattened to s);
-    `J_t` is `[s, s]`, taken by `jax.jacfwd` of `cell.step` at the carry the
-    trajectory reached. Eigenvalues need the CPU (`jnp.linalg.eigvals`).
+    The state is the whole carry (h, or (h, c) for the LSTM, flattened to s; a
+    complex state counts its real and imaginary parts, so the LRU's J has the
+    moduli of its eigenvalues as theirs); `J_t` is `[s, s]`, taken by `jax.jacfwd`
+    of `cell.step` at the carry the trajectory reached. Eigenvalues need the CPU (`jnp.linalg.eigvals`).
 
     Args:
       cell: any cell (`seqjax.recurrences.protocol.Cell`).
@@ -152,10 +153,10 @@ def jacobian_spectrum(cell: Cell, params: Any, xs: Array) -> JacobianSpectrum:
     previous = jax.tree.map(lambda c0, cs: jnp.concatenate([c0[None], cs[:-1]]), carry0, carries)
 
     def one(prev, x):  # unbatched: prev leaves [...], x [d]
-        flat, unflatten = jax.flatten_util.ravel_pytree(prev)
+        flat, unflatten = _real_view(prev)
 
         def next_state(v):
-            return jax.flatten_util.ravel_pytree(cell.step(params, unflatten(v), x)[0])[0]
+            return _real_view(cell.step(params, unflatten(v), x)[0])[0]
 
         jac = jax.jacfwd(next_state)(flat)  # [s, s]
         radius = jnp.max(jnp.abs(jnp.linalg.eigvals(jac)))
@@ -163,3 +164,20 @@ def jacobian_spectrum(cell: Cell, params: Any, xs: Array) -> JacobianSpectrum:
 
     radius, sigma = jax.vmap(jax.vmap(one))(previous, xs)
     return JacobianSpectrum(radius, sigma)
+
+
+def _real_view(tree: Any) -> tuple[Array, Any]:
+    """`tree` flattened to one real vector (complex leaves as real and imaginary parts),
+    and the function that rebuilds it."""
+    leaves, treedef = jax.tree.flatten(tree)
+    parts = [jnp.stack([x.real, x.imag], -1) if jnp.iscomplexobj(x) else x for x in leaves]
+    flat, unravel = jax.flatten_util.ravel_pytree(parts)
+
+    def unflatten(v):
+        rebuilt = [
+            jax.lax.complex(p[..., 0], p[..., 1]) if jnp.iscomplexobj(x) else p
+            for p, x in zip(unravel(v), leaves, strict=True)
+        ]
+        return jax.tree.unflatten(treedef, rebuilt)
+
+    return flat, unflatten

@@ -275,55 +275,66 @@ def gated_supports(dtype: Any) -> bool:
     return jnp.dtype(dtype).name in ("float32", "float64") and fused_unavailable_reason(dtype) is None
 
 
-def _gated_forward(form, reverse, k, h0, lengths):
+def _gated_forward(form, reverse, k, bias, h0, lengths):
     shape = jax.ShapeDtypeStruct(h0.shape, h0.dtype)
     call = jax.ffi.ffi_call(
         "SeqjaxGatedForward",
         (jax.ShapeDtypeStruct((*k.shape[:2], h0.shape[-1]), k.dtype), shape),
         vmap_method="sequential",
     )
-    return call(k, h0, lengths, form=np.int64(_GATED_FORMS[form][0]), reverse=reverse)
+    return call(k, bias, h0, lengths, form=np.int64(_GATED_FORMS[form][0]), reverse=reverse)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _gated(form, reverse, k, h0, lengths):
-    return _gated_forward(form, reverse, k, h0, lengths)
+def _gated(form, reverse, k, bias, h0, lengths):
+    return _gated_forward(form, reverse, k, bias, h0, lengths)
 
 
-def _gated_fwd(form, reverse, k, h0, lengths):
-    hs, h_n = _gated_forward(form, reverse, k, h0, lengths)
-    return (hs, h_n), (k, hs, h0, lengths)
+def _gated_fwd(form, reverse, k, bias, h0, lengths):
+    hs, h_n = _gated_forward(form, reverse, k, bias, h0, lengths)
+    return (hs, h_n), (k, bias, hs, h0, lengths)
 
 
 def _gated_bwd(form, reverse, residuals, cotangents):
-    k, hs, h0, lengths = residuals
+    k, bias, hs, h0, lengths = residuals
     g, d_hn = cotangents
+    like = (k, bias, h0)
     call = jax.ffi.ffi_call(
         "SeqjaxGatedBackward",
-        (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(h0.shape, h0.dtype)),
+        tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in like),
         vmap_method="sequential",
     )
-    dk, dh0 = call(k, hs, h0, lengths, g, d_hn, form=np.int64(_GATED_FORMS[form][0]), reverse=reverse)
-    return dk, dh0, None
+    dk, d_bias, dh0 = call(
+        k, bias, hs, h0, lengths, g, d_hn, form=np.int64(_GATED_FORMS[form][0]), reverse=reverse
+    )
+    return dk, d_bias, dh0, None
 
 
 _gated.defvjp(_gated_fwd, _gated_bwd)
 
 
 def gated_recurrence(
-    form: str, k: Array, h0: Array, *, lengths: Array | None = None, reverse: bool = False
+    form: str,
+    k: Array,
+    h0: Array,
+    *,
+    bias: Array | None = None,
+    lengths: Array | None = None,
+    reverse: bool = False,
 ) -> tuple[Array, Array]:
     """A gated linear recurrence in one fused CPU loop, its coefficients computed in it.
 
     The same values as `linear_recurrence(a, b, h0, ...)` with `(a, b)` the form's
-    gates of `k` (`seqjax.recurrences.min_rnn`), without writing or reading the
-    `[t, b, h]` coefficients: "mingru" (`k = [k_z | k_h]`) or "minlstm"
+    gates of `k + bias` (`seqjax.recurrences.min_rnn`), without writing or reading
+    `k + bias` or the `[t, b, h]` coefficients (the bias's gradient is summed in the
+    loop too): "mingru" (`k = [k_z | k_h]`) or "minlstm"
     (`k = [k_f | k_i | k_h]`). The loop has its own float32 exp (relative error ~1e-7).
 
     Args:
       form: "mingru" or "minlstm".
-      k: `[t, b, G*h]` gate pre-activations, float32 or float64.
+      k: `[t, b, G*h]` gate pre-activations less their bias, float32 or float64.
       h0: `[b, h]` initial state.
+      bias: `[G*h]`, added to every step's k; zero if None.
       lengths, reverse: as `linear_recurrence`.
 
     Returns:
@@ -343,7 +354,10 @@ def gated_recurrence(
     lengths = jnp.full((b,), t, jnp.int32) if lengths is None else jnp.clip(lengths, 0, t).astype(jnp.int32)
     if t == 0:
         return jnp.zeros((0, *h0.shape), k.dtype), h0.astype(k.dtype)
-    return _gated(form, reverse, k, h0.astype(k.dtype), lengths)
+    bias = jnp.zeros(k.shape[-1:], k.dtype) if bias is None else jnp.asarray(bias).astype(k.dtype)
+    if bias.shape != k.shape[-1:]:
+        raise ValueError(f"bias must have shape [{gates}*hidden]={k.shape[-1:]}; got {bias.shape}")
+    return _gated(form, reverse, k, bias, h0.astype(k.dtype), lengths)
 
 
 def check_method(method: Any) -> None:

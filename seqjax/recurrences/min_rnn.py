@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from seqjax import registry, validation
 from seqjax.recurrences import linear
-from seqjax.recurrences.protocol import input_projection
+from seqjax.recurrences.protocol import input_projection, matmul
 
 Array = jax.Array
 
@@ -102,12 +102,15 @@ class _MinCell(linear.DiagonalLinearCell):
         The projection is one matmul over every step; with the "fused" method the
         gates are computed inside the CPU loop (`linear.gated_recurrence`).
         """
-        k = self.project(params, xs)
         method = self.method if method is None else method
-        if linear.resolve(method, k.dtype) is linear.Method.FUSED and linear.gated_supports(k.dtype):
-            hs, h_n = linear.gated_recurrence(self.form, k, h0, lengths=lengths, reverse=reverse)
+        dtype = params["w_ih"].dtype
+        if linear.resolve(method, dtype) is linear.Method.FUSED and linear.gated_supports(dtype):
+            k = matmul(xs, params["w_ih"])  # the loop adds the bias
+            hs, h_n = linear.gated_recurrence(
+                self.form, k, h0, bias=params.get("b_ih"), lengths=lengths, reverse=reverse
+            )
         else:
-            a, b = self.gates(k)
+            a, b = self.gates(self.project(params, xs))
             hs, h_n = linear.linear_recurrence(a, b, h0, lengths=lengths, reverse=reverse, method=method)
         return h_n.astype(h0.dtype), hs.astype(h0.dtype)
 

@@ -19,7 +19,7 @@
 // With reverse, time runs from t-1 down to 0: h_t = a_t h_{t+1} + b_t.
 //
 // Gated forms (minGRU, minLSTM of Feng et al. 2024) take the gate pre-activations
-// k [t, b, G*h] instead of (a, b): computing the coefficients in the loop saves
+// k [t, b, G*h] + bias [G*h] instead of (a, b): adding the bias and computing the coefficients in the loop saves
 // writing and reading them ([t, b, h] each, forward and backward), which on a CPU
 // costs more than the arithmetic. They handle lengths themselves (lengths [b]):
 // past a sequence's end the state stops and outputs are zero.
@@ -159,18 +159,18 @@ inline R G(R x) {
   return x >= R(0) ? x + R(0.5) : s;
 }
 
-// The coefficients a of a block of units and the values they mix in: h = a h_prev + (1 - a) v.
-// k points at the row's k_[first gate] + u; h is the gate stride.
+// The coefficients a of a block of units and the values they mix in: h = a h_prev + (1 - a) v,
+// from the block's pre-activations pre [G, kBlock].
 template <typename R, int64_t kForm, int N>
-inline void Coefficients(int64_t n, const R* __restrict k, int64_t h, R* __restrict a, R* __restrict v) {
+inline void Coefficients(int64_t n, const R* __restrict pre, R* __restrict a, R* __restrict v) {
   constexpr int64_t kValue = kForm == kMinLstm ? 2 : 1;  // the gate of k_h
-  SEQJAX_BLOCK v[j] = G(k[kValue * h + j]);
+  SEQJAX_BLOCK v[j] = G(pre[kValue * kBlock + j]);
   if constexpr (kForm == kMinGru) {
-    SEQJAX_BLOCK a[j] = R(1) - Sigmoid(k[j]);
+    SEQJAX_BLOCK a[j] = R(1) - Sigmoid(pre[j]);
   } else {
     // f / (f + i) = D / (N + D), N = (1 + e^-kf) e^-m, D = (1 + e^-ki) e^-m, m = max(0, -kf, -ki).
     SEQJAX_BLOCK {
-      const R kf = k[j], ki = k[h + j];
+      const R kf = pre[j], ki = pre[kBlock + j];
       const R m0 = -kf > -ki ? -kf : -ki;
       const R m = m0 > R(0) ? m0 : R(0);
       const R em = Exp(-m), num = em + Exp(-kf - m), den = em + Exp(-ki - m);
@@ -179,37 +179,54 @@ inline void Coefficients(int64_t n, const R* __restrict k, int64_t h, R* __restr
   }
 }
 
+// pre [G, kBlock] = k + bias for a block; k and bias point at the block's first
+// unit of gate 0, h is the gate stride.
 template <typename R, int64_t kForm, int N>
-inline void ForwardBlock(int64_t n, const R* __restrict k, int64_t h, R* __restrict state, R* __restrict out) {
-  R a[kBlock], v[kBlock];
-  Coefficients<R, kForm, N>(n, k, h, a, v);
+inline void PreActivations(int64_t n, const R* __restrict k, const R* __restrict bias, int64_t h,
+                           R* __restrict pre) {
+  constexpr int kGates = kForm == kMinLstm ? 3 : 2;
+  for (int gate = 0; gate < kGates; ++gate) SEQJAX_BLOCK pre[gate * kBlock + j] = k[gate * h + j] + bias[gate * h + j];
+}
+
+template <typename R, int64_t kForm, int N>
+inline void ForwardBlock(int64_t n, const R* __restrict k, const R* __restrict bias, int64_t h,
+                         R* __restrict state, R* __restrict out) {
+  R pre[3 * kBlock], a[kBlock], v[kBlock];
+  PreActivations<R, kForm, N>(n, k, bias, h, pre);
+  Coefficients<R, kForm, N>(n, pre, a, v);
   SEQJAX_BLOCK state[j] = a[j] * state[j] + (R(1) - a[j]) * v[j];
   SEQJAX_BLOCK out[j] = state[j];
 }
 
-// d loss / d k of a block into dk (same layout as k), given g (the gradient of the
-// step's output) and carry (of its new state, from later steps); carry becomes the
-// gradient of the previous state.
+// d loss / d pre-activation of a block into dk (k's layout) and added to d_bias, given
+// g (the gradient of the step's output) and carry (of its new state, from later
+// steps); carry becomes the gradient of the previous state.
 template <typename R, int64_t kForm, int N>
-inline void BackwardBlock(int64_t n, const R* __restrict k, int64_t h, const R* __restrict h_prev,
-                          const R* __restrict g, R* __restrict carry, R* __restrict dk) {
+inline void BackwardBlock(int64_t n, const R* __restrict k, const R* __restrict bias, int64_t h,
+                          const R* __restrict h_prev, const R* __restrict g, R* __restrict carry, R* __restrict dk,
+                          R* __restrict d_bias) {
   constexpr int64_t kValue = kForm == kMinLstm ? 2 : 1;
-  R a[kBlock], v[kBlock], dh[kBlock], da[kBlock];
-  Coefficients<R, kForm, N>(n, k, h, a, v);
+  R pre[3 * kBlock], d_pre[3 * kBlock], a[kBlock], v[kBlock], dh[kBlock], da[kBlock];
+  PreActivations<R, kForm, N>(n, k, bias, h, pre);
+  Coefficients<R, kForm, N>(n, pre, a, v);
   SEQJAX_BLOCK dh[j] = g[j] + carry[j];
   SEQJAX_BLOCK da[j] = dh[j] * (h_prev[j] - v[j]) * a[j] * (R(1) - a[j]);  // times d a / d logit(a)
   SEQJAX_BLOCK {
-    const R x = k[kValue * h + j], s = Sigmoid(x);
-    dk[kValue * h + j] = dh[j] * (R(1) - a[j]) * (x >= R(0) ? R(1) : s * (R(1) - s));  // g'(x)
+    const R x = pre[kValue * kBlock + j], s = Sigmoid(x);
+    d_pre[kValue * kBlock + j] = dh[j] * (R(1) - a[j]) * (x >= R(0) ? R(1) : s * (R(1) - s));  // g'(x)
   }
   if constexpr (kForm == kMinGru) {
-    SEQJAX_BLOCK dk[j] = -da[j];  // a = 1 - sigmoid(k_z)
+    SEQJAX_BLOCK d_pre[j] = -da[j];  // a = 1 - sigmoid(k_z)
   } else {
     // logit(a) = log f - log i: d/dk_f = sigmoid(-k_f), d/dk_i = -sigmoid(-k_i).
-    SEQJAX_BLOCK dk[j] = da[j] * Sigmoid(-k[j]);
-    SEQJAX_BLOCK dk[h + j] = -da[j] * Sigmoid(-k[h + j]);
+    SEQJAX_BLOCK d_pre[j] = da[j] * Sigmoid(-pre[j]);
+    SEQJAX_BLOCK d_pre[kBlock + j] = -da[j] * Sigmoid(-pre[kBlock + j]);
   }
   SEQJAX_BLOCK carry[j] = dh[j] * a[j];
+  for (int gate = 0; gate <= kValue; ++gate) {
+    SEQJAX_BLOCK dk[gate * h + j] = d_pre[gate * kBlock + j];
+    SEQJAX_BLOCK d_bias[gate * h + j] += d_pre[gate * kBlock + j];
+  }
 }
 
 #undef SEQJAX_BLOCK
@@ -235,7 +252,8 @@ void ForUnits(const GatedShape& s, Fn fn) {
 }
 
 template <typename R, int64_t kForm>
-void GatedForward(const GatedShape& s, const R* k, const R* h0, const int32_t* lengths, R* hs, R* h_n) {
+void GatedForward(const GatedShape& s, const R* k, const R* bias, const R* h0, const int32_t* lengths, R* hs,
+                  R* h_n) {
   ForUnits(s, [&](int64_t u0, int64_t u1) {
     for (int64_t r = 0; r < s.b; ++r) std::copy(h0 + r * s.h + u0, h0 + r * s.h + u1, h_n + r * s.h + u0);
     for (int64_t step = 0; step < s.t; ++step) {
@@ -250,9 +268,9 @@ void GatedForward(const GatedShape& s, const R* k, const R* h0, const int32_t* l
         R* state = h_n + r * s.h;
         for (int64_t u = u0; u < u1; u += kBlock) {
           if (u + kBlock <= u1) {
-            ForwardBlock<R, kForm, kBlock>(kBlock, kr + u, s.h, state + u, out + u);
+            ForwardBlock<R, kForm, kBlock>(kBlock, kr + u, bias + u, s.h, state + u, out + u);
           } else {
-            ForwardBlock<R, kForm, 0>(u1 - u, kr + u, s.h, state + u, out + u);
+            ForwardBlock<R, kForm, 0>(u1 - u, kr + u, bias + u, s.h, state + u, out + u);
           }
         }
       }
@@ -261,9 +279,11 @@ void GatedForward(const GatedShape& s, const R* k, const R* h0, const int32_t* l
 }
 
 template <typename R, int64_t kForm>
-void GatedBackward(const GatedShape& s, const R* k, const R* hs, const R* h0, const int32_t* lengths, const R* g,
-                   const R* d_hn, R* dk, R* dh0) {
+void GatedBackward(const GatedShape& s, const R* k, const R* bias, const R* hs, const R* h0, const int32_t* lengths,
+                   const R* g, const R* d_hn, R* dk, R* d_bias, R* dh0) {
   ForUnits(s, [&](int64_t u0, int64_t u1) {
+    // Each thread owns its units' columns of d_bias.
+    for (int64_t gate = 0; gate < s.gates; ++gate) std::fill(d_bias + gate * s.h + u0, d_bias + gate * s.h + u1, R(0));
     // dh0 carries the gradient reaching each step from the one after it.
     for (int64_t r = 0; r < s.b; ++r) std::copy(d_hn + r * s.h + u0, d_hn + r * s.h + u1, dh0 + r * s.h + u0);
     for (int64_t step = s.t - 1; step >= 0; --step) {
@@ -281,9 +301,11 @@ void GatedBackward(const GatedShape& s, const R* k, const R* hs, const R* h0, co
         R* carry = dh0 + r * s.h;
         for (int64_t u = u0; u < u1; u += kBlock) {
           if (u + kBlock <= u1) {
-            BackwardBlock<R, kForm, kBlock>(kBlock, kr + u, s.h, h_prev + u, gr + u, carry + u, dkr + u);
+            BackwardBlock<R, kForm, kBlock>(kBlock, kr + u, bias + u, s.h, h_prev + u, gr + u, carry + u, dkr + u,
+                                            d_bias + u);
           } else {
-            BackwardBlock<R, kForm, 0>(u1 - u, kr + u, s.h, h_prev + u, gr + u, carry + u, dkr + u);
+            BackwardBlock<R, kForm, 0>(u1 - u, kr + u, bias + u, s.h, h_prev + u, gr + u, carry + u, dkr + u,
+                                       d_bias + u);
           }
         }
       }
@@ -383,32 +405,36 @@ GatedShape ShapeOf(const ffi::AnyBuffer& k, int64_t form, bool reverse) {
   return {dims[0], dims[1], dims[2] / gates, gates, reverse};
 }
 
-ffi::Error GatedForwardFfi(ffi::AnyBuffer k, ffi::AnyBuffer h0, ffi::Buffer<ffi::S32> lengths,
+ffi::Error GatedForwardFfi(ffi::AnyBuffer k, ffi::AnyBuffer bias, ffi::AnyBuffer h0, ffi::Buffer<ffi::S32> lengths,
                            ffi::Result<ffi::AnyBuffer> hs, ffi::Result<ffi::AnyBuffer> h_n, int64_t form,
                            bool reverse) {
   if (k.dimensions().size() != 3) return ffi::Error::InvalidArgument("gated recurrence: k must be [t, b, G*h]");
   const GatedShape s = ShapeOf(k, form, reverse);
-  if (h0.element_count() != size_t(s.b * s.h) || lengths.element_count() != size_t(s.b))
-    return ffi::Error::InvalidArgument("gated recurrence: h0 must be [b, h] and lengths [b]");
+  if (h0.element_count() != size_t(s.b * s.h) || lengths.element_count() != size_t(s.b) ||
+      bias.element_count() != size_t(s.gates * s.h))
+    return ffi::Error::InvalidArgument("gated recurrence: h0 must be [b, h], bias [G*h] and lengths [b]");
   return DispatchGated(k.element_type(), form, [&](auto real, auto kind) {
     using R = decltype(real);
     GatedForward<R, decltype(kind)::value>(s, static_cast<const R*>(k.untyped_data()),
+                                            static_cast<const R*>(bias.untyped_data()),
                                             static_cast<const R*>(h0.untyped_data()), lengths.typed_data(),
                                             static_cast<R*>(hs->untyped_data()), static_cast<R*>(h_n->untyped_data()));
   });
 }
 
-ffi::Error GatedBackwardFfi(ffi::AnyBuffer k, ffi::AnyBuffer hs, ffi::AnyBuffer h0, ffi::Buffer<ffi::S32> lengths,
-                            ffi::AnyBuffer g, ffi::AnyBuffer d_hn, ffi::Result<ffi::AnyBuffer> dk,
+ffi::Error GatedBackwardFfi(ffi::AnyBuffer k, ffi::AnyBuffer bias, ffi::AnyBuffer hs, ffi::AnyBuffer h0,
+                            ffi::Buffer<ffi::S32> lengths, ffi::AnyBuffer g, ffi::AnyBuffer d_hn,
+                            ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> d_bias,
                             ffi::Result<ffi::AnyBuffer> dh0, int64_t form, bool reverse) {
   if (k.dimensions().size() != 3) return ffi::Error::InvalidArgument("gated recurrence: k must be [t, b, G*h]");
   const GatedShape s = ShapeOf(k, form, reverse);
   return DispatchGated(k.element_type(), form, [&](auto real, auto kind) {
     using R = decltype(real);
     GatedBackward<R, decltype(kind)::value>(
-        s, static_cast<const R*>(k.untyped_data()), static_cast<const R*>(hs.untyped_data()),
-        static_cast<const R*>(h0.untyped_data()), lengths.typed_data(), static_cast<const R*>(g.untyped_data()),
-        static_cast<const R*>(d_hn.untyped_data()), static_cast<R*>(dk->untyped_data()),
+        s, static_cast<const R*>(k.untyped_data()), static_cast<const R*>(bias.untyped_data()),
+        static_cast<const R*>(hs.untyped_data()), static_cast<const R*>(h0.untyped_data()), lengths.typed_data(),
+        static_cast<const R*>(g.untyped_data()), static_cast<const R*>(d_hn.untyped_data()),
+        static_cast<R*>(dk->untyped_data()), static_cast<R*>(d_bias->untyped_data()),
         static_cast<R*>(dh0->untyped_data()));
   });
 }
@@ -439,6 +465,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLinearBackward, Backward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGatedForward, GatedForwardFfi,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // k
+                                  .Arg<ffi::AnyBuffer>()  // bias
                                   .Arg<ffi::AnyBuffer>()  // h0
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths
                                   .Ret<ffi::AnyBuffer>()  // hs
@@ -449,12 +476,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGatedForward, GatedForwardFfi,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGatedBackward, GatedBackwardFfi,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // k
+                                  .Arg<ffi::AnyBuffer>()  // bias
                                   .Arg<ffi::AnyBuffer>()  // hs
                                   .Arg<ffi::AnyBuffer>()  // h0
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths
                                   .Arg<ffi::AnyBuffer>()  // g
                                   .Arg<ffi::AnyBuffer>()  // d_hn
                                   .Ret<ffi::AnyBuffer>()  // dk
+                                  .Ret<ffi::AnyBuffer>()  // d_bias
                                   .Ret<ffi::AnyBuffer>()  // dh0
                                   .Attr<int64_t>("form")
                                   .Attr<bool>("reverse"));
