@@ -52,18 +52,22 @@ def _strict_json(text: str) -> list:
 
 # ---------------------------------------------------------------- NaN and empty inputs
 
-LAYER_IDS = ["lstm_kernel", "rnn_relu_kernel_bf", "gru_scan_cell", "lstm_autodiff"]
+LAYER_IDS = [
+    "lstm_kernel", "rnn_relu_kernel_bf", "gru_scan_cell", "lstm_autodiff",
+    "mingru_fused", "mamba_parallel", "lru_chunked_bf",
+]  # fmt: skip
 LAYERS = [
     seqjax.LSTM(D, H, 2, bidirectional=True),  # the fused CPU loop
     seqjax.RNN(D, H, 1, "relu", batch_first=True),  # the loop, batch-major
     seqjax.GRU(D, H, 2, cpu_kernel=False),  # the hand-written backward pass
     seqjax.LSTM(D, H, custom_backward=False),  # JAX's differentiation
+    seqjax.MinGRU(D, H, 2, bidirectional=True),  # the fused gated loop
+    seqjax.Mamba(D, H, bidirectional=True, state_size=2, method="parallel"),  # conv + associative scan
+    seqjax.LRU(D, H, batch_first=True, method="chunked"),  # a complex state
 ]
 
 
-@pytest.mark.parametrize(
-    "layer", LAYERS, ids=["lstm_kernel", "rnn_relu_kernel_bf", "gru_scan_cell", "lstm_autodiff"]
-)
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
 def test_nan_in_padding_reaches_no_output_and_no_gradient(layer):
     params = layer.init(jax.random.key(0))
     xs = jax.random.normal(jax.random.key(1), (T, B, D))
@@ -73,7 +77,7 @@ def test_nan_in_padding_reaches_no_output_and_no_gradient(layer):
 
     def loss(params, xs):
         outputs, state = layer.apply(params, xs, lengths=LENGTHS)
-        return jnp.sum(jnp.sin(outputs)) + sum(jnp.sum(s**2) for s in jax.tree.leaves(state))
+        return jnp.sum(jnp.sin(outputs)) + sum(jnp.sum(jnp.abs(s) ** 2) for s in jax.tree.leaves(state))
 
     grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     poisoned = grad(params, jnp.where(valid, xs, jnp.nan))
@@ -124,16 +128,14 @@ def test_the_cpu_kernel_propagates_nan_as_the_scan_does(name):
     np.testing.assert_allclose(np.asarray(kernel_ys)[finite], np.asarray(scan_ys)[finite], atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "layer", LAYERS, ids=["lstm_kernel", "rnn_relu_kernel_bf", "gru_scan_cell", "lstm_autodiff"]
-)
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
 def test_an_empty_batch_has_zero_gradients(layer):
     params = layer.init(jax.random.key(0))
     xs = jnp.zeros((0, T, D) if layer.batch_first else (T, 0, D))
 
     def loss(params, xs):
         outputs, state = layer.apply(params, xs)
-        return jnp.sum(outputs) + sum(jnp.sum(s) for s in jax.tree.leaves(state))
+        return jnp.sum(outputs) + sum(jnp.sum(jnp.real(s)) for s in jax.tree.leaves(state))
 
     value, (g_params, g_xs) = jax.value_and_grad(loss, argnums=(0, 1))(params, xs)
     assert float(value) == 0.0 and g_xs.shape == xs.shape

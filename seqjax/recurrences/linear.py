@@ -134,7 +134,7 @@ def _chunked(a, b, h0, chunk_size):
 
     _, h_in = jax.lax.scan(across, h0, (a_cum[:, -1], h_local[:, -1]))
     hs = h_local + a_cum * h_in[:, None]
-    return hs.reshape(-1, *a.shape[1:])[:t]
+    return hs.reshape(t + pad, *a.shape[1:])[:t]
 
 
 def _fused_forward(a, b, h0, reverse):
@@ -253,7 +253,7 @@ def linear_recurrence(
         if b.ndim < 2:
             raise ValueError(f"lengths need a batch axis: b must be [time, batch, ...]; got {b.shape}")
         lengths = scan_lib.check_lengths(lengths, b.shape[1], t)
-    if t == 0:
+    if b.size == 0:  # no steps, or an empty batch
         return b, h0
     if lengths is not None:
         # Padding steps are identities, so the state stops at each sequence's end (and,
