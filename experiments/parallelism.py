@@ -27,6 +27,10 @@ First, the headline: seqjax's GRU layer against the minGRU layer at the same siz
 (`--headline`, default t=4096, b=8, d=h=256), train step, every method, timed in
 alternation so that both see the same machine load.
 
+Large buffers page-fault on every call under glibc's default malloc (see
+experiments/throughput.py); `GLIBC_TUNABLES` set as throughput's `--malloc=tuned`
+does, before the command, keeps freed memory mapped. The hardware line says which ran.
+
 Outputs in --workdir: config.json, results.jsonl (one line per measurement),
 results.md (the tables and "what the numbers say"), parallelism.png (log-log time
 against length, train and inference, and memory).
@@ -317,7 +321,12 @@ def hardware() -> str:
     """What ran the measurements: the accelerator, else the CPU and its cores."""
     device = jax.devices()[0]
     kind = run_config.cpu_name() if device.platform == "cpu" else device.device_kind
-    return f"{device.platform}: {kind}, {os.cpu_count()} CPU cores, jax {jax.__version__}"
+    malloc = (
+        f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"
+        if "GLIBC_TUNABLES" in os.environ
+        else "default malloc"
+    )
+    return f"{device.platform}: {kind}, {os.cpu_count()} CPU cores, jax {jax.__version__}, {malloc}"
 
 
 def plot(workdir: pathlib.Path, rows: list[Row]) -> None:
