@@ -22,8 +22,8 @@ matmul FLOPs of `Job.matmul_flops` and is compared with a float32 matmul rooflin
 measured by the same kind of worker.
 
 `--cells` takes any registered cell family, a user's too (`--user_module`); the
-peers have only the built-in ones, and GFLOP/s is shown for cells with dense
-gates (their `num_gates`).
+peers have only the built-in ones, and GFLOP/s is shown for cells with a dense
+recurrence (`DenseRecurrence`, with `num_gates`).
 
 Outputs in --workdir: config.json, results.jsonl (one line per job), results.md
 (the tables printed at the end).

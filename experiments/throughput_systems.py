@@ -25,6 +25,7 @@ import numpy as np
 
 from seqjax import registry
 from seqjax.models import Recurrent
+from seqjax.recurrences.protocol import DenseRecurrence
 
 CELLS = ("rnn", "lstm", "gru")  # the families every peer has
 
@@ -60,16 +61,17 @@ class Job:
 
     def matmul_flops(self, train: bool) -> float | None:
         """FLOPs of the matmuls, the only O(h^2) work (elementwise work is ignored),
-        for a cell with g dense gates (its `num_gates`; None for other cells).
+        for a `DenseRecurrence` cell with g gates (its `num_gates`; None for other cells).
 
         Forward, per layer and direction: 2*b*t*g*h*(d_l + h), d_l its input size.
         Training adds the state gradient (2*b*t*g*h*h), the input gradient for
         layers after the first (2*b*t*g*h*d_l) and the weight gradients
         (2*b*t*g*h*(d_l + h)).
         """
-        num_gates = getattr(self.make_cell(), "num_gates", None)
-        if num_gates is None:
+        cell = self.make_cell()
+        if not isinstance(cell, DenseRecurrence):  # the count below is a dense recurrence's
             return None
+        num_gates = cell.num_gates
         n = 2 if self.bidirectional else 1
         total = 0.0
         for layer in range(self.num_layers):
