@@ -69,11 +69,11 @@ flags.DEFINE_list("lengths", ["256", "1024", "4096", "16384"], "Sequence lengths
 flags.DEFINE_integer("sweep_batch", 8, "Batch of the length sweep.")
 flags.DEFINE_list("batches", ["1", "64"], "Batches of the batch sweep (at --sweep_length).")
 flags.DEFINE_integer("sweep_length", 1024, "Length of the batch sweep.")
-flags.DEFINE_integer("hidden_size", 256, "Width of --reference; the others are matched to its parameters.")
-flags.DEFINE_integer("input_size", 256, "Input features d.")
+flags.DEFINE_integer("hidden_size", 128, "Width of --reference; the others are matched to its parameters.")
+flags.DEFINE_integer("input_size", 128, "Input features d.")
 flags.DEFINE_string("reference", "gru", "The family whose parameter count at --hidden_size is the budget.")
 flags.DEFINE_integer("repeats", 5, "Timed calls per measurement after one warm-up (the median is reported).")
-flags.DEFINE_float("max_elements", 2.0**27, "Skip a configuration whose largest array has more elements.")
+flags.DEFINE_float("max_elements", 2.0**28, "Skip a configuration whose largest array has more elements.")
 flags.DEFINE_string(
     "headline", "4096x8x256", "time x batch x width of the GRU/minGRU comparison ('' to skip)."
 )
