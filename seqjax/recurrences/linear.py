@@ -302,10 +302,12 @@ def _gated_bwd(form, reverse, residuals, cotangents):
     k, bias, hs, h0, lengths = residuals
     g, d_hn = cotangents
     like = (k, bias, h0)
+    # dk overwrites k (the loop reads each block before it writes it): no fresh buffer.
     call = jax.ffi.ffi_call(
         "SeqjaxGatedBackward",
         tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in like),
         vmap_method="sequential",
+        input_output_aliases={0: 0},
     )
     dk, d_bias, dh0 = call(
         k, bias, hs, h0, lengths, g, d_hn, form=np.int64(_GATED_FORMS[form][0]), reverse=reverse
