@@ -394,13 +394,10 @@ class Mamba(_CellLayer):
     _cell_type = mamba.MambaCell
 
 
-class _TorchLayer(Recurrent):
-    """A built-in cell's layer: PyTorch's arguments in PyTorch's order, exact
-    `state_dict` conversion. Keyword-only: the cell's own options (`recurrent_init`,
-    and the LSTM's `forget_bias`) and the switches of `Recurrent`."""
-
-    _cell_type: ClassVar[type]
-    _SWITCHES: ClassVar[tuple[str, ...]] = _CellLayer._SWITCHES
+class _TorchLayer(_CellLayer):
+    """A built-in cell's layer: PyTorch's arguments in PyTorch's order (`bias` the
+    fourth), exact `state_dict` conversion. Keyword-only: the cell's own options
+    (`recurrent_init`, and the LSTM's `forget_bias`) and the switches of `Recurrent`."""
 
     def __init__(
         self,
@@ -413,11 +410,9 @@ class _TorchLayer(Recurrent):
         bidirectional: bool = False,
         **options: Any,
     ):
-        switches = {name: options.pop(name) for name in self._SWITCHES if name in options}
-        cell = self._cell_type(hidden_size, bias=bias, **options)
         super().__init__(
-            cell, input_size, num_layers, bidirectional=bidirectional, batch_first=batch_first,
-            dropout=dropout, **switches,
+            input_size, hidden_size, num_layers, batch_first=batch_first, dropout=dropout,
+            bidirectional=bidirectional, bias=bias, **options,
         )  # fmt: skip
 
     @property

@@ -261,7 +261,7 @@ def linear_recurrence(
     if lengths is not None:
         # Padding steps are identities, so the state stops at each sequence's end (and,
         # in reverse, starts from h0 at its last valid step); NaN there reaches nothing.
-        valid = (jnp.arange(t, dtype=lengths.dtype)[:, None] < lengths).reshape(t, -1, *(1,) * (b.ndim - 2))
+        valid = valid_steps(lengths, b)
         a, b = jnp.where(valid, a, 1).astype(dtype), jnp.where(valid, b, 0).astype(dtype)
     hs = _recurrence(method, reverse, chunk_size, a, b, h0)
     h_n = hs[0] if reverse else hs[-1]
@@ -370,6 +370,20 @@ def check_method(method: Any) -> None:
     validation.as_enum(Method, method, "method")
 
 
+def valid_steps(lengths: Array, xs: Array) -> Array:
+    """Booleans `[t, b, 1, ...]` (broadcasting against `xs: [t, b, ...]`): True at the
+    steps within each sequence's length."""
+    t = xs.shape[0]
+    return (jnp.arange(t, dtype=lengths.dtype)[:, None] < lengths).reshape(t, -1, *(1,) * (xs.ndim - 2))
+
+
+def zero_past(ys: Array, lengths: Array | None) -> Array:
+    """`ys: [t, b, ...]` with every step past its sequence's length set to zero."""
+    if lengths is None:
+        return ys
+    return jnp.where(valid_steps(lengths, ys), ys, 0).astype(ys.dtype)
+
+
 def reverse_within(xs: Array, lengths: Array | None) -> Array:
     """Each sequence of `xs: [t, b, ...]` reversed within its length (padding stays put).
 
@@ -425,8 +439,5 @@ class DiagonalLinearCell:
         a, b = self.coefficients(params, xs)
         method = self.method if method is None else method
         hs, h_n = linear_recurrence(a, b, h0, lengths=lengths, reverse=reverse, method=method)
-        ys = self.readout(params, hs.astype(h0.dtype), xs)
-        if lengths is not None:
-            valid = jnp.arange(xs.shape[0], dtype=lengths.dtype)[:, None, None] < lengths[:, None]
-            ys = jnp.where(valid, ys, 0).astype(ys.dtype)
+        ys = zero_past(self.readout(params, hs.astype(h0.dtype), xs), lengths)
         return h_n.astype(h0.dtype), ys

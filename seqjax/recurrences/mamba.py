@@ -188,10 +188,9 @@ class MambaCell:
         ends = jnp.full(us.shape[1:2], t) if lengths is None else lengths
         index = ends[None, :] + jnp.arange(k_w - 1, dtype=ends.dtype)[:, None]  # [K-1, b] in padded time
         window = jnp.take_along_axis(padded, index[..., None], axis=0)
-        if lengths is not None:
-            valid = jnp.arange(t, dtype=lengths.dtype)[:, None, None] < lengths[:, None]
-            ys = jnp.where(valid, ys, 0).astype(ys.dtype)
-        return MambaState(jnp.swapaxes(window, 0, 1), h_n.astype(carry.ssm.dtype)), ys
+        return MambaState(jnp.swapaxes(window, 0, 1), h_n.astype(carry.ssm.dtype)), linear.zero_past(
+            ys, lengths
+        )
 
 
 registry.register_cell("mamba", MambaCell)
