@@ -58,6 +58,7 @@ from seqjax.training import (
     checkpoints,
     distributed,
     make_evaluate,
+    num_windows,
     train,
 )
 from seqjax.validation import check_positive_int, check_real
@@ -102,6 +103,12 @@ flags.DEFINE_enum(
     [o.value for o in OnNonFinite],
     "When a run's loss, gradient norm or weights stop being finite: stop (exit non-zero, keeping the last "
     "finite checkpoint), skip_run (mark it failed, train the others on) or continue.",
+)
+flags.DEFINE_integer(
+    "tbptt",
+    None,
+    "Truncated BPTT: read each sequence in windows of this many steps, one update per window, "
+    "the model's state carried (without gradient) between them and kept in checkpoints. Unset: off.",
 )
 flags.DEFINE_string("config", None, "A run's config.json: rerun it (flags given explicitly still apply).")
 flags.DEFINE_integer(
@@ -180,6 +187,7 @@ class Settings:
     warmup_steps: int | None = None
     on_nonfinite: str = "stop"
     run_devices: int = 1
+    tbptt: int | None = None
 
 
 def _parse(values: Sequence[str], kind: type, name: str) -> tuple:
@@ -267,6 +275,7 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         warmup_steps=FLAGS.warmup_steps,
         on_nonfinite=FLAGS.on_nonfinite,
         run_devices=FLAGS.run_devices,
+        tbptt=FLAGS.tbptt,
     )
     try:  # build every model and config once, so that bad values fail before compiling
         for name in ("models", "lengths", "seeds", "learning_rates"):
@@ -284,7 +293,16 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         for length in settings.lengths + settings.eval_lengths:
             jax.eval_shape(lambda key, n=length: experiment.task.sample(key, 1, n), jax.random.key(0))
         for length in settings.lengths:
-            _train_config(settings, length)
+            config = _train_config(settings, length)
+            if config.tbptt is not None:  # a state to carry, with room for the whole sequence
+                room = num_windows(experiment.task, config) * config.tbptt
+                for spec in settings.models:
+                    try:
+                        jax.eval_shape(
+                            lambda s=spec, n=room: _model(experiment, settings, s).initial_state(1, max_len=n)
+                        )
+                    except ValueError as error:
+                        raise ValueError(f"--tbptt with --models={spec}: {error}") from None
         for flag, spec in [("models", m) for m in settings.models] + [
             ("match_reference", settings.match_reference)
         ]:
@@ -314,6 +332,7 @@ def _train_config(settings: Settings, length: int) -> TrainConfig:
         log_every=settings.log_every,
         eval_every=settings.eval_every,
         checkpoint_every=settings.checkpoint_every,
+        tbptt=settings.tbptt,
     )
 
 

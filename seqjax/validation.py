@@ -62,16 +62,29 @@ def is_concrete(x: Any) -> bool:
 def param_dtype(params: Any, name: str = "params") -> Any:
     """The dtype the parameters compute in: that of their first real floating leaf."""
     for leaf in jax.tree.leaves(params):
-        dtype = jnp.result_type(leaf)
+        dtype = _shape_dtype(leaf)[1]
         if jnp.issubdtype(dtype, jnp.floating):
             return dtype
     raise ValueError(f"{name} must hold floating arrays; got {jax.tree.map(jnp.result_type, params)}")
+
+
+def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], Any]:
+    # Arrays carry both; asking jnp costs microseconds per leaf, on every streaming step.
+    if isinstance(leaf, jax.Array | np.ndarray):
+        return leaf.shape, leaf.dtype
+    return jnp.shape(leaf), jnp.result_type(leaf)
 
 
 def check_tree(got: Any, expected: Any, name: str, made_by: str = "init()") -> None:
     """Raises a ValueError unless `got` has the key paths, shapes and dtypes of `expected`
     (a pytree of `jax.ShapeDtypeStruct`s, e.g. from `jax.eval_shape`), naming the first
     difference by its path."""
+    got_flat, got_def = jax.tree.flatten(got)
+    want_flat, want_def = jax.tree.flatten(expected)
+    if got_def == want_def and all(
+        _shape_dtype(leaf) == (want.shape, want.dtype) for leaf, want in zip(got_flat, want_flat, strict=True)
+    ):
+        return
     got_leaves = dict(jax.tree_util.tree_flatten_with_path(got)[0])
     want_leaves = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
     missing = [jax.tree_util.keystr(k) for k in want_leaves if k not in got_leaves]
@@ -82,7 +95,7 @@ def check_tree(got: Any, expected: Any, name: str, made_by: str = "init()") -> N
         raise ValueError(f"{name} do not match what {made_by} makes: {'; '.join(p for p in parts if p)}")
     for path, want in want_leaves.items():
         leaf = got_leaves[path]
-        shape, dtype = jnp.shape(leaf), jnp.result_type(leaf)
+        shape, dtype = _shape_dtype(leaf)
         if shape != want.shape or dtype != want.dtype:
             raise ValueError(
                 f"{name}{jax.tree_util.keystr(path)} must have shape {want.shape} and dtype "
@@ -127,7 +140,7 @@ def check_tokens(
     """`tokens` as an integer array (floating, bool or complex tokens are refused);
     with `values`, where known, those at valid positions (`lengths` of `[b, t]`
     tokens; all without) must lie in [0, vocab_size)."""
-    tokens = jnp.asarray(tokens)
+    tokens = tokens if isinstance(tokens, jax.Array) else jnp.asarray(tokens)
     if not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise TypeError(f"{name} must be integer tokens in [0, vocab_size={vocab_size}); got {tokens.dtype}")
     if values and is_concrete(tokens) and (lengths is None or is_concrete(lengths)) and tokens.size:

@@ -144,11 +144,11 @@ def test_vmap_over_parameter_sets(key):
     )
 
 
-def softmax_attention(q, k, v, is_causal=False, key_value_seq_lengths=None):
+def softmax_attention(q, k, v, is_causal=False, key_value_seq_lengths=None, mask=None):
     """Plain softmax attention in the inputs' dtype: the float64 reference."""
     scores = jnp.einsum("btnk,bsnk->bnts", q, k) / np.sqrt(q.shape[-1])
     t, s = scores.shape[-2:]
-    allowed = jnp.ones((q.shape[0], 1, t, s), bool)
+    allowed = jnp.ones((q.shape[0], 1, t, s), bool) if mask is None else mask
     if is_causal:
         allowed &= jnp.tril(jnp.ones((t, s), bool))
     if key_value_seq_lengths is not None:

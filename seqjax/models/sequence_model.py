@@ -7,7 +7,10 @@ Every family, the Transformer included, is a `Backbone`; `SequenceModel(family,
     params = model.init(key)
     outputs = model.apply(params, inputs, lengths=None, key=None, deterministic=True)
     state = model.initial_state(batch_size)
-    state, y_t = model.step(params, state, x_t)          # streaming; equals apply
+    state, y_t = model.step(params, state, x_t)          # online: one step; equals apply
+    state, ys = model.stream(params, state, chunk)       # a chunk of any size; equals apply
+    tokens = model.generate(params, key, prompt, n)      # [b, n], one compiled lax.scan
+    future = model.forecast(params, context, n)          # [b, n, d], predictions fed back
 
 inputs: `[b, t]` int tokens (with `vocab_size`) or `[b, t, d]` features (with
 `input_size`); outputs: `[b, t, o]` (`output_size` logits or regression
@@ -21,14 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seqjax import registry, validation
+from seqjax.models.decoding import check_sampling, rollout, sample
 from seqjax.models.layers import Recurrent
 from seqjax.recurrences.scan import check_lengths
 from seqjax.validation import check_positive_int
@@ -58,7 +64,11 @@ class Backbone(Protocol):
         deterministic: bool = True,
     ) -> tuple[Array, Any]:
         """`inputs [b, t, ...] -> (outputs [b, t, f], final_state)`; the final state is
-        what `step` carries, taken at each sequence's length."""
+        what `step` carries, taken at each sequence's length.
+
+        A backbone whose `apply` also takes `initial_state=` (a state as `step`
+        carries it) continues from it, which `SequenceModel.stream` then uses;
+        without it, streams run `step` by step."""
         ...
 
     def initial_state(self, batch_size: int, dtype: Any = jnp.float32) -> Any:
@@ -203,15 +213,20 @@ class SequenceModel:
         )
         return self._readout(params, features)
 
-    def initial_state(self, batch_size: int, dtype: Any = jnp.float32) -> Any:
-        """The backbone's state before the first step (the recurrent carry, or the
-        Transformer's empty KV cache)."""
+    def initial_state(self, batch_size: int, dtype: Any = jnp.float32, *, max_len: int | None = None) -> Any:
+        """The backbone's state before the first step: the recurrent carry (fixed
+        size), or the Transformer's empty KV cache with room for `max_len` steps (its
+        own `max_len` by default; a fixed-size state ignores it)."""
+        check_positive_int(batch_size, "batch_size")
+        if max_len is not None and "max_len" in inspect.signature(self.backbone.initial_state).parameters:
+            return self.backbone.initial_state(batch_size, dtype, max_len=max_len)
         return self.backbone.initial_state(batch_size, dtype)
 
     def step(self, params: dict[str, Any], state: Any, x: Array) -> tuple[Any, Array]:
         """One causal time step: x `[b]` tokens or `[b, d]` features -> `(state, y [b, o])`.
 
-        Stepping over a sequence from `initial_state` gives `apply`'s outputs.
+        Stepping over a sequence from `initial_state` gives `apply`'s outputs. For an
+        online loop outside `jit`: one compiled call per step, the state kept by the caller.
         """
         x = self._check_inputs(
             x, validation.check_params(self, params, "init() of this model"), None, one_step=True
@@ -222,3 +237,187 @@ class SequenceModel:
     def _step(self, params: dict[str, Any], state: Any, x: Array) -> tuple[Any, Array]:
         state, features = self.backbone.step(params["backbone"], state, self._encode(params, x))
         return state, self._readout(params, features)
+
+    def stream(
+        self,
+        params: dict[str, Any],
+        state: Any,
+        inputs: Array,
+        *,
+        lengths: Array | None = None,
+        key: Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[Any, Array]:
+        """Continues each sequence from `state` by a chunk of any length.
+
+        Feeding a stream chunk by chunk, the state carried, gives the outputs of one
+        pass over the whole stream (and of `step` at every position).
+
+        Args:
+          params: from `init`.
+          state: from `initial_state`, `step`, or a previous `stream`.
+          inputs: `[b, t]` tokens or `[b, t, d]` features, the chunk.
+          lengths: optional `[b]` valid lengths within the chunk; each sequence's
+            state stops at its own length.
+          key, deterministic: dropout, as in `apply` (training on windows: truncated BPTT).
+
+        Returns:
+          `(state, outputs)`: the state after each sequence's chunk, outputs `[b, t, o]`
+          (zero past a length).
+        """
+        dtype = validation.check_params(self, params, "init() of this model")
+        inputs = self._check_inputs(inputs, dtype, lengths, one_step=False)
+        if not self._continues_state and self.dropout > 0 and not deterministic:
+            raise ValueError(
+                f"the {self.family!r} backbone's apply takes no initial_state, so streams run "
+                "step by step, without dropout: pass deterministic=True"
+            )
+        return self._stream(params, state, inputs, lengths, key, deterministic)
+
+    @functools.cached_property
+    def _continues_state(self) -> bool:
+        return "initial_state" in inspect.signature(self.backbone.apply).parameters
+
+    def _stream(self, params, state, inputs, lengths, key=None, deterministic=True):
+        encoded = self._encode(params, inputs)
+        if self._continues_state:
+            features, state = self.backbone.apply(
+                params["backbone"],
+                encoded,
+                initial_state=state,
+                lengths=lengths,
+                key=key,
+                deterministic=deterministic,
+            )
+            return state, self._readout(params, features)
+
+        def one(state, step_input):  # the fallback: step by step, the state frozen past a length
+            t, x = step_input
+            new, y = self.backbone.step(params["backbone"], state, x)
+            if lengths is None:
+                return new, y
+            valid = t < lengths
+            new = jax.tree.map(
+                lambda n, o: jnp.where(valid.reshape(-1, *(1,) * (n.ndim - 1)), n, o), new, state
+            )
+            return new, jnp.where(valid[:, None], y, 0).astype(y.dtype)
+
+        steps = jnp.arange(encoded.shape[1])
+        state, features = jax.lax.scan(one, state, (steps, jnp.swapaxes(encoded, 0, 1)))
+        return state, self._readout(params, jnp.swapaxes(features, 0, 1))
+
+    def generate(
+        self,
+        params: dict[str, Any],
+        key: Array,
+        prompt: Array,
+        num_steps: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        lengths: Array | None = None,
+    ) -> Array:
+        """Samples a continuation of each prompt, the whole loop one compiled `lax.scan`.
+
+        The model reads the prompt (its fast path: a parallel scan or attention
+        over the chunk), then samples a token from its last outputs and feeds it
+        back, `num_steps` times. Needs token inputs and outputs over the same
+        vocabulary (`output_size == vocab_size`) and a causal backbone.
+
+        Args:
+          params: from `init`.
+          key: PRNG key of the draws (unused when greedy).
+          prompt: `[b, t]` tokens.
+          num_steps: n, tokens to sample.
+          temperature: logits are divided by it; 0 is greedy (the argmax).
+          top_k: sample among each step's k most likely tokens only; None: all.
+          lengths: optional `[b]` prompt lengths in [1, t]: each sequence continues
+            after its own.
+
+        Returns:
+          `[b, n]` int32 tokens. Greedy, they are the argmax continuation that
+          re-running `apply` on the growing sequence gives.
+        """
+        if self.vocab_size is None or self.output_size != self.vocab_size:
+            raise ValueError(
+                "generate needs token inputs and outputs over the same vocabulary (vocab_size == "
+                f"output_size); this model has vocab_size={self.vocab_size}, output_size={self.output_size}"
+                + ("; for feature inputs use forecast" if self.vocab_size is None else "")
+            )
+        check_sampling(temperature, top_k, self.vocab_size)
+        validation.check_key(key)
+        dtype = validation.check_params(self, params, "init() of this model")
+        prompt = self._check_prompt(prompt, dtype, lengths, num_steps)
+        state = self.initial_state(prompt.shape[0], dtype, max_len=prompt.shape[1] + num_steps)
+        return self._generate(
+            params, state, key, prompt, lengths, num_steps, temperature, top_k, temperature == 0
+        )
+
+    @functools.partial(jax.jit, static_argnums=(0, 6, 8, 9))
+    def _generate(self, params, state, key, prompt, lengths, num_steps, temperature, top_k, greedy):
+        return rollout(
+            lambda state, xs, lengths: self._stream(params, state, xs, lengths),
+            lambda state, x: self._step(params, state, x),
+            lambda key, logits: sample(key, logits, temperature, top_k, greedy),
+            state,
+            prompt,
+            lengths,
+            num_steps,
+            key,
+        )
+
+    def forecast(
+        self, params: dict[str, Any], context: Array, num_steps: int, *, lengths: Array | None = None
+    ) -> Array:
+        """Rolls a regression model forward: each prediction becomes the next input.
+
+        The model reads the context, then its output at the last step is taken as
+        the next observation and fed back, `num_steps` times, in one compiled
+        `lax.scan`. Needs feature inputs and outputs of the same size
+        (`output_size == input_size`: the model predicts its next input).
+
+        Args:
+          params: from `init`.
+          context: `[b, t, d]` observations.
+          num_steps: n, steps to forecast.
+          lengths: optional `[b]` context lengths in [1, t].
+
+        Returns:
+          `[b, n, d]`: the forecasts of steps t+1 ... t+n (of each length + 1 ...).
+        """
+        if self.input_size is None or self.output_size != self.input_size:
+            raise ValueError(
+                "forecast needs feature inputs and outputs of the same size (input_size == "
+                f"output_size); this model has input_size={self.input_size}, output_size={self.output_size}"
+                + ("; for tokens use generate" if self.input_size is None else "")
+            )
+        dtype = validation.check_params(self, params, "init() of this model")
+        context = self._check_prompt(context, dtype, lengths, num_steps)
+        state = self.initial_state(context.shape[0], dtype, max_len=context.shape[1] + num_steps)
+        return self._forecast(params, state, context, lengths, num_steps)
+
+    @functools.partial(jax.jit, static_argnums=(0, 5))
+    def _forecast(self, params, state, context, lengths, num_steps):
+        return rollout(
+            lambda state, xs, lengths: self._stream(params, state, xs, lengths),
+            lambda state, x: self._step(params, state, x),
+            lambda _, y: y,
+            state,
+            context,
+            lengths,
+            num_steps,
+            jax.random.key(0),  # unused: the rollout is deterministic
+        )
+
+    def _check_prompt(self, prompt: Any, dtype: Any, lengths: Any, num_steps: Any) -> Array:
+        check_positive_int(num_steps, "num_steps")
+        prompt = self._check_inputs(prompt, dtype, lengths, one_step=False)
+        layout = "[batch, time]" if self.vocab_size is not None else f"[batch, time, {self.input_size}]"
+        if prompt.ndim != (2 if self.vocab_size is not None else 3) or prompt.shape[1] == 0:
+            raise ValueError(f"the prompt must have shape {layout} with time >= 1; got {prompt.shape}")
+        if lengths is not None and validation.is_concrete(lengths) and np.asarray(lengths).size:
+            if np.asarray(lengths).min() < 1:
+                raise ValueError(
+                    f"lengths must be >= 1 (a continuation starts from a prompt's last step); got {lengths}"
+                )
+        return prompt

@@ -43,7 +43,7 @@ import numpy as np
 
 from seqjax import registry, validation
 from seqjax.recurrences.scan import check_lengths
-from seqjax.validation import as_enum
+from seqjax.validation import as_enum, check_positive_int
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -141,8 +141,10 @@ class Transformer:
       positional: see `Positional`.
       max_len: s, the number of learned positions (LEARNED only).
       attention_fn: `(q, k, v, *, is_causal, key_value_seq_lengths) -> out` on
-        `[b, t, n, k]` arrays; `jax.nn.dot_product_attention` (fused kernels where
-        available) unless replaced, e.g. by a reference implementation.
+        `[b, t, n, k]` arrays over whole sequences, and `(q, k, v, *, mask) -> out`
+        (mask: bool `[b, 1, t, s]`, True where a query may see a key) when continuing
+        from a cache; `jax.nn.dot_product_attention` (fused kernels where available)
+        unless replaced, e.g. by a reference implementation.
 
     >>> model = Transformer(d_model=16, num_heads=2, num_layers=2, vocab_size=10)
     >>> params = model.init(jax.random.key(0))
@@ -239,10 +241,11 @@ class Transformer:
             x = x + sinusoidal(positions, self.d_model, x.dtype)
         return x
 
-    def _block(self, p, x, positions, lengths, key, cache_kv=None, cache_position=None):
-        """One pre-LN block. x: [b, t, m]; returns x and this block's keys and values
-        `[b, t, n, k]`. With a cache ([b, s, n, k] pair; t = 1), writes them at each
-        sequence's `cache_position` `[b]`, attends over the cache, and returns it."""
+    def _block(self, p, x, positions, lengths, key, cache_kv=None):
+        """One pre-LN block. x: [b, t, m], positions: [t] or [b, t]; returns x and this
+        block's keys and values `[b, t, n, k]`. With a cache (a [b, s, n, k] pair),
+        writes them at `positions` (`[b, t]`), attends over the cache up to each
+        query's own position, and returns the cache instead."""
         keys = jax.random.split(key, 2) if key is not None else (None, None)
         a = p["attn"]
         h = _layer_norm(p["ln1"], x)
@@ -253,12 +256,15 @@ class Transformer:
             out = self.attention_fn(q, k, v, is_causal=self.causal, key_value_seq_lengths=lengths)
             new_kv = (k, v)
         else:
-            rows = jnp.arange(x.shape[0])
+            rows = jnp.arange(x.shape[0])[:, None]
+            # Writes past the cache's end are dropped (scatter's default mode).
             ck, cv = (
-                c.at[rows, cache_position].set(new[:, 0].astype(c.dtype))
+                c.at[rows, positions].set(new.astype(c.dtype))
                 for c, new in zip(cache_kv, (k, v), strict=True)
             )
-            out = self.attention_fn(q, ck, cv, is_causal=False, key_value_seq_lengths=cache_position + 1)
+            # Causal across the chunk's offset: query i of sequence b sees keys 0..positions[b, i].
+            mask = jnp.arange(ck.shape[1])[None, None, :] <= positions[:, :, None]  # [b, t, s]
+            out = self.attention_fn(q, ck, cv, mask=mask[:, None])
             new_kv = (ck, cv)
         x = x + _dropout(jnp.einsum("btnk,nkm->btm", out, a["wo"]) + a["bo"], self.dropout, keys[0])
         mlp = p["mlp"]
@@ -298,11 +304,12 @@ class Transformer:
         params: Params,
         inputs: Array,
         *,
+        initial_state: KVCache | None = None,
         lengths: Array | None = None,
         key: Array | None = None,
         deterministic: bool = True,
     ) -> tuple[Array, KVCache]:
-        """Runs the Transformer over a batch.
+        """Runs the Transformer over a batch, or continues cached sequences by a chunk.
 
         Args:
           params: from `init`.
@@ -310,6 +317,9 @@ class Transformer:
             to the parameters' dtype). Inside `jit` token values are not checked: an
             out-of-range token reads the nearest row of the embedding (JAX's gather
             clamps).
+          initial_state: a `KVCache` (from `initial_state`, `apply` or `step`; causal
+            models): the chunk continues each sequence at its `position`, attending
+            over the cache, as `t` calls of `step` would. None: fresh sequences.
           lengths: optional `[b]` valid lengths; keys past a length are masked
             and outputs past it are zero. Padded positions may hold anything.
           key: PRNG key for dropout; needed when `dropout > 0` and not deterministic.
@@ -317,9 +327,11 @@ class Transformer:
 
         Returns:
           `(features, cache)`: `[b, t, m]` features after the final LayerNorm, and
-          the `KVCache` of the sequences read, with room for `max(t, max_len)`
-          positions and each sequence's next position at its length (`t` without
-          lengths), from which `step` continues. Under `jit` an unused cache costs nothing.
+          the `KVCache` of the sequences read, each sequence's next position after
+          its length (`t` without lengths). A fresh cache has room for `max(t,
+          max_len)` positions; a continued one keeps its size, and positions past it
+          are refused where known (NaN outputs inside `jit`). Under `jit` an unused
+          cache costs nothing.
         """
         dtype = validation.check_params(self, params, "init() of this Transformer")
         inputs, lengths = self._check_inputs(inputs, dtype, lengths)
@@ -330,20 +342,23 @@ class Transformer:
             validation.check_key(key)
         if deterministic or self.dropout == 0:
             key = None
-        return self._run(params, inputs, lengths, key)
+        if initial_state is not None:
+            initial_state = self._check_state(initial_state, inputs.shape[0], dtype, inputs.shape[1], lengths)
+        return self._run(params, inputs, lengths, key, initial_state)
 
     # Compiled once per configuration (the model is hashable), also when called eagerly.
     @functools.partial(jax.jit, static_argnums=0)
     def _run(
-        self, params: Params, inputs: Array, lengths: Array | None, key: Array | None
+        self, params: Params, inputs: Array, lengths: Array | None, key: Array | None, cache: KVCache | None
     ) -> tuple[Array, KVCache]:
         b, t = inputs.shape[:2]
-        positions = jnp.arange(t)
-        if lengths is not None:
+        steps = jnp.arange(t)
+        valid = None if lengths is None else steps[None, :] < lengths[:, None]  # [b, t]
+        if valid is not None:
             # Padding is never read: zeroed (token 0), a NaN there reaches no valid output,
             # no key or value, and no gradient.
-            valid = jnp.arange(t, dtype=lengths.dtype)[None, :] < lengths[:, None]  # [b, t]
             inputs = jnp.where(valid.reshape(b, t, *(1,) * (inputs.ndim - 2)), inputs, 0).astype(inputs.dtype)
+        positions = steps if cache is None else cache.position[:, None] + steps  # [t] or [b, t]
         x = self._embed(params, inputs, positions)
         if key is not None:
             key, sub = jax.random.split(key)
@@ -351,20 +366,25 @@ class Transformer:
         ks, vs = [], []
         for i, p in enumerate(params["blocks"]):
             x, (k, v) = self._block(
-                p, x, positions, lengths, None if key is None else jax.random.fold_in(key, i)
+                p,
+                x,
+                positions,
+                lengths,
+                None if key is None else jax.random.fold_in(key, i),
+                None if cache is None else (cache.k[i], cache.v[i]),
             )
             ks.append(k)
             vs.append(v)
         y = _layer_norm(params["ln_f"], x)
-        if lengths is not None:
-            y = jnp.where((positions[None, :] < lengths[:, None])[..., None], y, 0).astype(y.dtype)
+        if valid is not None:
+            y = jnp.where(valid[..., None], y, 0).astype(y.dtype)
+        advance = jnp.full((b,), t, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+        if cache is not None:
+            # A full cache has nowhere to write (the scatter drops the write): say so with NaN.
+            y = jnp.where((positions < cache.k.shape[2])[..., None], y, jnp.nan).astype(y.dtype)
+            return y, KVCache(jnp.stack(ks), jnp.stack(vs), cache.position + advance)
         room = ((0, 0), (0, 0), (0, max(self.max_len - t, 0)), (0, 0), (0, 0))
-        cache = KVCache(
-            jnp.pad(jnp.stack(ks), room),
-            jnp.pad(jnp.stack(vs), room),
-            jnp.full((b,), t, jnp.int32) if lengths is None else lengths,
-        )
-        return y, cache
+        return y, KVCache(jnp.pad(jnp.stack(ks), room), jnp.pad(jnp.stack(vs), room), advance)
 
     def initial_state(
         self, batch_size: int, dtype: Any = jnp.float32, *, max_len: int | None = None
@@ -374,6 +394,7 @@ class Transformer:
         if not self.causal:
             raise ValueError("step-by-step decoding needs causal=True")
         max_len = self.max_len if max_len is None else max_len
+        check_positive_int(max_len, "max_len")
         if self.positional_kind is Positional.LEARNED and max_len > self.max_len:
             raise ValueError(f"max_len={max_len} exceeds the {self.max_len} learned positions")
         shape = (self.num_layers, batch_size, max_len, self.num_heads, self.head_dim)
@@ -393,14 +414,16 @@ class Transformer:
           the cache's size) is refused where the positions are known; inside `jit`
           its output is NaN and its cache is left as it was.
         """
-        if not self.causal:
-            raise ValueError("step-by-step decoding needs causal=True")
         dtype = validation.check_params(self, params, "init() of this Transformer")
         inputs, _ = self._check_inputs(inputs, dtype, one_step=True)
-        state = self._check_state(state, inputs.shape[0], dtype)
-        return self._step(params, state, inputs)
+        state = self._check_state(state, inputs.shape[0], dtype, 1)
+        y, state = self._run(params, inputs[:, None], None, None, state)
+        return state, y[:, 0]
 
-    def _check_state(self, state: Any, batch: int, dtype: Any) -> KVCache:
+    def _check_state(self, state: Any, batch: int, dtype: Any, steps: int, lengths: Any = None) -> KVCache:
+        """A cache for `batch` sequences with room for `steps` more (`lengths` where given)."""
+        if not self.causal:
+            raise ValueError("decoding from a cache needs causal=True")
         if not isinstance(state, tuple) or len(state) != 3:
             raise TypeError(f"state must be a KVCache (k, v, position); got {type(state).__name__}")
         k, v, position = (jnp.asarray(x) for x in state)
@@ -416,28 +439,16 @@ class Transformer:
                 f"state.position must be integers of shape [batch]=({batch},); "
                 f"got {position.dtype}{position.shape}"
             )
-        if validation.is_concrete(position) and batch:
-            host = np.asarray(position)
-            if host.min() < 0 or host.max() >= size:
+        known = validation.is_concrete(position) and (lengths is None or validation.is_concrete(lengths))
+        if known and batch:
+            end = np.asarray(position) + (steps if lengths is None else np.asarray(lengths))
+            if np.asarray(position).min() < 0 or end.max() > size:
                 raise ValueError(
-                    f"state.position must lie in [0, max_len={size}) (the cache is full at max_len); "
-                    f"got values from {host.min()} to {host.max()}"
+                    f"the cache holds max_len={size} positions; continuing from state.position "
+                    f"{np.asarray(position).min()}..{np.asarray(position).max()} by {steps} step(s) "
+                    f"would reach {end.max()} (make a larger one: initial_state(batch, max_len=...))"
                 )
         return KVCache(k.astype(dtype), v.astype(dtype), position.astype(jnp.int32))
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def _step(self, params: Params, cache: KVCache, inputs: Array) -> tuple[KVCache, Array]:
-        position = cache.position  # [b]
-        x = self._embed(params, inputs[:, None], position[:, None])  # [b, 1, m]
-        ks, vs = [], []
-        for i, p in enumerate(params["blocks"]):
-            x, (k, v) = self._block(p, x, position[:, None], None, None, (cache.k[i], cache.v[i]), position)
-            ks.append(k)
-            vs.append(v)
-        y = _layer_norm(params["ln_f"], x)[:, 0]
-        # A full cache has nowhere to write (the scatter drops the write): say so with NaN.
-        y = jnp.where((position < cache.k.shape[2])[:, None], y, jnp.nan).astype(y.dtype)
-        return KVCache(jnp.stack(ks), jnp.stack(vs), position + 1), y
 
 
 def make_transformer(

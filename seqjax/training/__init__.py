@@ -1,7 +1,8 @@
 """Training: every seed and learning rate of a sweep in one compiled program.
 
 config:       `TrainConfig` and the optimiser it builds.
-loop:         `train`, the vmapped chunked training loop, evaluation, `loss_and_metrics`.
+loop:         `train`, the vmapped chunked training loop (optionally truncated BPTT),
+              evaluation, `loss_and_metrics`.
 checkpoints:  orbax checkpoints and the metrics file of a group of runs.
 distributed:  device meshes (runs x data) and multi-process jobs.
 """
@@ -16,6 +17,7 @@ from seqjax.training.loop import (
     loss_and_metrics,
     make_evaluate,
     make_train_chunk,
+    num_windows,
     train,
 )
 
@@ -32,5 +34,6 @@ __all__ = [
     "make_evaluate",
     "make_optimizer",
     "make_train_chunk",
+    "num_windows",
     "train",
 ]

@@ -51,6 +51,11 @@ class TrainConfig:
       eval_every: steps between evaluations on fresh batches (a multiple of log_every).
       checkpoint_every: steps between checkpoints (a multiple of log_every; 0: off).
       eval_batches: batches per evaluation.
+      tbptt: truncated backpropagation through time (None: off): each sequence is
+        read in windows of this many steps, one update per window, the model's
+        final state of a window carried (without gradient) into the next, as
+        Keras' `stateful=True` and PyTorch's language-model examples do. A window
+        of the whole sequence is ordinary training.
     """
 
     length: int
@@ -65,6 +70,7 @@ class TrainConfig:
     eval_every: int = 250
     checkpoint_every: int = 500
     eval_batches: int = 4
+    tbptt: int | None = None
 
     def __post_init__(self):
         for name in ("length", "steps", "batch_size", "log_every", "eval_every", "eval_batches"):
@@ -80,6 +86,8 @@ class TrainConfig:
                 )
         if self.steps % self.log_every:
             raise ValueError(f"steps={self.steps} must be a multiple of log_every={self.log_every}")
+        if self.tbptt is not None:
+            check_positive_int(self.tbptt, "tbptt (None: off)")
         if self.clip_norm is not None:
             check_real(self.clip_norm, "clip_norm (None: off)", 0.0, math.inf, low_open=True)
         check_real(self.weight_decay, "weight_decay", 0.0, math.inf)

@@ -58,6 +58,7 @@ class TrainState(NamedTuple):
     step: Array  # [], int32: steps taken
     seed: Array  # [], int32: the run's seed; every random stream derives from it
     learning_rate: Array  # [], float32: the peak learning rate
+    carry: Any = None  # truncated BPTT: the model's state after the last window (else None)
 
 
 def loss_and_metrics(task: Any, outputs: Array, batch: Batch) -> tuple[Array, Array]:
@@ -129,6 +130,28 @@ def init_state(
     )
 
 
+def num_windows(task: Any, config: TrainConfig) -> int:
+    """Updates per sequence: 1, or with truncated BPTT its windows of `config.tbptt` steps."""
+    return 1 if config.tbptt is None else -(-task.num_steps(config.length) // config.tbptt)
+
+
+def window_of(batch: Batch, window: Array, size: int) -> Batch:
+    """Steps `[window * size, (window + 1) * size)` of a `[b, t, ...]` batch, zero past
+    its end; `lengths` (None if every window is full) count the valid steps in it."""
+    t = batch.inputs.shape[1]
+    padded = -(-t // size) * size
+    start = window * size
+
+    def cut(x):
+        x = jnp.pad(x, [(0, 0), (0, padded - t)] + [(0, 0)] * (x.ndim - 2))
+        return jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+
+    if batch.lengths is None and padded == t:
+        return Batch(*(cut(x) for x in batch[:4]))
+    full = batch.lengths if batch.lengths is not None else jnp.full(batch.inputs.shape[:1], t, jnp.int32)
+    return Batch(*(cut(x) for x in batch[:4]), jnp.clip(full - start, 0, size).astype(jnp.int32))
+
+
 def make_train_chunk(
     model: Any,
     task: Any,
@@ -142,25 +165,50 @@ def make_train_chunk(
     With a mesh, states stay split along `runs`, each step's batch is split along
     `data`, and the metrics come back replicated."""
 
+    windows = num_windows(task, config)
+
     def step(state: TrainState, _):
         key = jax.random.fold_in(_stream(state.seed, _TRAIN_STREAM), state.step)
         data_key, dropout_key = jax.random.split(key)
+        if config.tbptt is not None:
+            # Every window of a sequence draws the same sequence: its key is the first window's.
+            first = state.step - state.step % windows
+            data_key = jax.random.split(jax.random.fold_in(_stream(state.seed, _TRAIN_STREAM), first))[0]
         batch = task.sample(data_key, config.batch_size, config.length)
         if mesh is not None:
             batch = distributed.shard_batch(batch, mesh)
 
-        def loss_fn(params):
-            outputs = model.apply(
-                params, batch.inputs, lengths=batch.lengths, key=dropout_key, deterministic=False
-            )
-            return loss_and_metrics(task, outputs, batch)
+        if config.tbptt is None:
 
-        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            def loss_fn(params):
+                outputs = model.apply(
+                    params, batch.inputs, lengths=batch.lengths, key=dropout_key, deterministic=False
+                )
+                loss, accuracy = loss_and_metrics(task, outputs, batch)
+                return loss, (accuracy, None)
+
+        else:
+            batch, carry = window_of(batch, state.step % windows, config.tbptt), state.carry
+            fresh = model.initial_state(config.batch_size, max_len=windows * config.tbptt)
+            carry = jax.tree.map(lambda c, f: jnp.where(state.step % windows == 0, f, c), carry, fresh)
+
+            def loss_fn(params):
+                carry_out, outputs = model.stream(
+                    params, carry, batch.inputs, lengths=batch.lengths, key=dropout_key, deterministic=False
+                )
+                loss, accuracy = loss_and_metrics(task, outputs, batch)
+                return loss, (accuracy, jax.lax.stop_gradient(carry_out))
+
+        (loss, (accuracy, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: -state.learning_rate * u, updates)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
-        return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+        if config.tbptt is not None:
+            # Windows hold different numbers of targets: the logged means weigh them so.
+            metrics |= {"loss_weight": jnp.sum(batch.loss_mask), "accuracy_weight": jnp.sum(batch.eval_mask)}
+        state = state._replace(params=params, opt_state=opt_state, step=state.step + 1, carry=carry)
+        return state, metrics
 
     def chunk(state: TrainState):
         state, metrics = jax.lax.scan(step, state, None, length=config.log_every)
@@ -203,6 +251,14 @@ def _programs(model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = No
         make_train_chunk(model, task, config, optimizer, mesh),
         make_evaluate(model, task, config, mesh),
     )
+
+
+def _mean(metrics: dict[str, np.ndarray], name: str, run: int) -> float:
+    """A metric's mean over a chunk's steps, weighted where the steps say how much they hold."""
+    weights = metrics.get(f"{name}_weight")
+    if weights is None or not weights[run].sum():
+        return float(np.mean(metrics[name][run]))
+    return float(np.average(metrics[name][run], weights=weights[run]))
 
 
 class OnNonFinite(enum.Enum):
@@ -258,8 +314,10 @@ def train(
     """Trains R = len(seeds) runs together (run i: seeds[i], learning_rates[i]).
 
     Args:
-      model: has `init(key)` and `apply(params, inputs, *, lengths, key, deterministic)`;
-        its `output_size`, `vocab_size` and `input_size`, where it has them, must be the task's.
+      model: has `init(key)` and `apply(params, inputs, *, lengths, key, deterministic)`
+        (and, with `config.tbptt`, `initial_state(batch, max_len=)` and `stream`, as
+        `SequenceModel` has); its `output_size`, `vocab_size` and `input_size`, where
+        it has them, must be the task's.
       task: a `seqjax.tasks` task.
       config: the shared settings.
       seeds, learning_rates: one entry per run; ints in [0, 2**31) and finite rates > 0.
@@ -309,6 +367,13 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
         checkpoints.write_run_record(workdir, record)
     optimizer, train_chunk, evaluate = _programs(model, task, config, mesh)
     state = init_state(model, optimizer, seeds, learning_rates, mesh)
+    if config.tbptt is not None:
+        # Overwritten at each sequence's first window; a checkpoint keeps it between windows.
+        fresh = model.initial_state(config.batch_size, max_len=num_windows(task, config) * config.tbptt)
+        carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(seeds), *x.shape)), fresh)
+        state = state._replace(
+            carry=carry if mesh is None else jax.device_put(carry, distributed.runs_sharding(mesh))
+        )
     metrics_path = workdir / checkpoints.METRICS_FILE
     history: list[dict] = []
     start = 0
@@ -320,7 +385,8 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
     if writer:
         metrics_path.write_text(checkpoints.dumps(history))
 
-    tokens_per_chunk = len(seeds) * config.batch_size * task.num_steps(config.length) * config.log_every
+    steps_per_update = task.num_steps(config.length) / num_windows(task, config)
+    tokens_per_chunk = len(seeds) * config.batch_size * steps_per_update * config.log_every
     baseline = task.baseline(config.length)
     clock = time.perf_counter()
     elapsed = history[-1]["seconds"] if history else 0.0
@@ -337,8 +403,8 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
                 "seed": int(seeds[r]),
                 "learning_rate": float(learning_rates[r]),
                 "step": step,
-                "loss": float(np.mean(metrics["loss"][r])),
-                "accuracy": float(np.mean(metrics["accuracy"][r])),
+                "loss": _mean(metrics, "loss", r),
+                "accuracy": _mean(metrics, "accuracy", r),
                 "grad_norm": float(np.mean(metrics["grad_norm"][r])),
                 "baseline_loss": baseline.loss,
                 "baseline_accuracy": baseline.accuracy,
