@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import sys
 import time
@@ -221,7 +220,7 @@ def headline(spec: str) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[Row], head: list[dict[str, Any]]) -> str:
-    lines = [f"Hardware: {hardware()}", ""]
+    lines = [f"Hardware: {run_config.hardware()}", ""]
     if head:
         t, b, h = head[0]["t"], head[0]["b"], head[0]["d=h"]
         lines += [f"Headline: train step (forward + backward) of one layer, t={t}, b={b}, d=h={h}", ""]
@@ -317,18 +316,6 @@ def findings(rows: list[Row], head: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def hardware() -> str:
-    """What ran the measurements: the accelerator, else the CPU and its cores."""
-    device = jax.devices()[0]
-    kind = run_config.cpu_name() if device.platform == "cpu" else device.device_kind
-    malloc = (
-        f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"
-        if "GLIBC_TUNABLES" in os.environ
-        else "default malloc"
-    )
-    return f"{device.platform}: {kind}, {os.cpu_count()} CPU cores, jax {jax.__version__}, {malloc}"
-
-
 def plot(workdir: pathlib.Path, rows: list[Row]) -> None:
     import matplotlib
 
@@ -360,7 +347,7 @@ def plot(workdir: pathlib.Path, rows: list[Row]) -> None:
     axes[2].set(xlabel="sequence length t", ylabel="MB", title="train-step memory (XLA plan)")
     axes[2].grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(hardware(), fontsize=9)
+    fig.suptitle(run_config.hardware(), fontsize=9)
     fig.tight_layout()
     fig.savefig(workdir / "parallelism.png", dpi=120)
     plt.close(fig)

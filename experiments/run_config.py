@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import pathlib
 import platform
 import sys
@@ -72,3 +73,15 @@ def write(workdir: pathlib.Path, experiment: str, settings: dict[str, Any], fami
         "environment": environment(),
     }
     (workdir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+
+def hardware() -> str:
+    """What ran the measurements: the accelerator, else the CPU and its cores."""
+    device = jax.devices()[0]
+    kind = cpu_name() if device.platform == "cpu" else device.device_kind
+    malloc = (
+        f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"
+        if "GLIBC_TUNABLES" in os.environ
+        else "default malloc"
+    )
+    return f"{device.platform}: {kind}, {os.cpu_count()} CPU cores, jax {jax.__version__}, {malloc}"

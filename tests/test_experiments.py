@@ -238,3 +238,43 @@ def test_parallelism_benchmark_runs_and_reports(tmp_path):
     report = (tmp_path / "results.md").read_text()
     assert "| minGRU auto |" in report and "What the numbers say" in report and "Skipped (memory)" in report
     assert (tmp_path / "parallelism.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_streaming_benchmark_runs_and_reports(tmp_path):
+    """A tiny decode benchmark: fixed-size recurrent state, a KV cache that grows as its formula."""
+    args = [
+        "--models=gru,mamba,transformer",
+        "--contexts=8,24",
+        "--batches=1,2",
+        "--hidden_size=8",
+        "--num_layers=1",
+        "--num_heads=2",
+        "--vocab_size=5",
+        "--steps=2",
+        "--warmup=1",
+        "--burst=2",
+        "--prefill_chunk=16",  # the 24-token context is read in two chunks
+        "--nocache_max_elements=3000",  # 2*2*24^2: the no-cache Transformer skipped at b=2, c=24
+        "--notorch",
+        f"--workdir={tmp_path}",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.streaming", *args], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    by = {(r["model"], r["batch"], r["context"]): r for r in rows}
+    assert len(rows) == 4 * 2 * 2  # gru, mamba, transformer with and without its cache
+    assert all(r["median_ms"] > 0 and r["calls"] == 2 for r in rows if r["model"] != "transformer (no cache)")
+    assert by["transformer (no cache)", 2, 24]["median_ms"] is None
+    assert by["transformer (no cache)", 1, 24]["median_ms"] > 0
+    # Recurrent: h floats per sequence (GRU), conv + ssm state (Mamba, E = 2h, N = 16, K = 4) at any context.
+    for batch, context in [(1, 8), (2, 24)]:
+        assert by["gru", batch, context]["state_bytes"] == 8 * 4
+        assert by["mamba", batch, context]["state_bytes"] == (16 * 3 + 16 * 16) * 4
+        # Keys and values of every position the cache holds: the context and the decoded tokens
+        # (warm-up 1, 2 timed, 1 untimed per round of 2).
+        assert by["transformer (KV cache)", batch, context]["state_bytes"] == 2 * (context + 4) * 8 * 4 + 4
+    report = (tmp_path / "results.md").read_text()
+    assert "What the numbers say" in report and "| gru |" in report and "PyTorch peers: not run" in report
+    assert (tmp_path / "streaming.png").read_bytes()[:4] == b"\x89PNG"

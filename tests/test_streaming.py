@@ -118,7 +118,9 @@ def test_generation_errors():
         encoder.generate(encoder.init(jax.random.key(0)), jax.random.key(0), prompt, 2)
     cached = SequenceModel("transformer", V, 8, vocab_size=V)
     small = cached.initial_state(2, max_len=4)
-    with pytest.raises(ValueError, match="the cache holds max_len=4 positions"):
+    with pytest.raises(
+        ValueError, match=r"state.position must lie in \[0, max_len=4\) with room for 5 more step"
+    ):
         cached.stream(cached.init(jax.random.key(0)), small, jnp.zeros((2, 5), jnp.int32))
 
 

@@ -104,8 +104,9 @@ def test_cached_decoding_equals_full_forward(positional, key):
         np.testing.assert_allclose(y, full[:, t], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(cache.position, T)
     # apply's cache holds the same keys and values, with room up to max_len.
-    assert full_cache.k.shape == (2, B, model.max_len, 4, M // 4)
-    np.testing.assert_allclose(full_cache.k[:, :, :T], cache.k[:, :, :T], rtol=1e-5, atol=1e-5)
+    assert len(full_cache.k) == 2 and full_cache.k[0].shape == (B, 4, model.max_len, M // 4)
+    for got, want in zip(full_cache.k + full_cache.v, cache.k + cache.v, strict=True):
+        np.testing.assert_allclose(got[:, :, :T], want[:, :, :T], rtol=1e-5, atol=1e-5)
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -144,11 +145,11 @@ def test_vmap_over_parameter_sets(key):
     )
 
 
-def softmax_attention(q, k, v, is_causal=False, key_value_seq_lengths=None, mask=None):
+def softmax_attention(q, k, v, is_causal=False, key_value_seq_lengths=None):
     """Plain softmax attention in the inputs' dtype: the float64 reference."""
     scores = jnp.einsum("btnk,bsnk->bnts", q, k) / np.sqrt(q.shape[-1])
     t, s = scores.shape[-2:]
-    allowed = jnp.ones((q.shape[0], 1, t, s), bool) if mask is None else mask
+    allowed = jnp.ones((q.shape[0], 1, t, s), bool)
     if is_causal:
         allowed &= jnp.tril(jnp.ones((t, s), bool))
     if key_value_seq_lengths is not None:

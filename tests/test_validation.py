@@ -398,7 +398,7 @@ def test_transformer(transformer):
             "step on a wrong state",
             lambda: model.step(params, model.initial_state(B + 1), jnp.zeros((B,), jnp.int32)),
             ValueError,
-            "state.k and state.v must have shape",
+            r"state.k and state.v must be 2 arrays \(one per layer\) of shape",
         ),
         (
             "step on a tuple",

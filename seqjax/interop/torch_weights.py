@@ -28,7 +28,7 @@ def _expected(layer: Any) -> dict[str, tuple[int, int, str, tuple[int, ...]]]:
     """PyTorch key -> (layer, direction, seqjax name, PyTorch shape)."""
     gh = layer.cell.num_gates * layer.hidden_size
     shapes = {"w_ih": None, "w_hh": (gh, layer.hidden_size), "b_ih": (gh,), "b_hh": (gh,)}
-    names = ["w_ih", "w_hh"] + (["b_ih", "b_hh"] if layer.bias else [])
+    names = ["w_ih", "w_hh"] + (["b_ih", "b_hh"] if layer.cell.bias else [])
     out = {}
     for l in range(layer.num_layers):
         for d in range(layer.num_directions):

@@ -222,21 +222,34 @@ class SequenceModel:
             return self.backbone.initial_state(batch_size, dtype, max_len=max_len)
         return self.backbone.initial_state(batch_size, dtype)
 
-    def step(self, params: dict[str, Any], state: Any, x: Array) -> tuple[Any, Array]:
+    def step(
+        self, params: dict[str, Any], state: Any, x: Array, *, donate_state: bool = False
+    ) -> tuple[Any, Array]:
         """One causal time step: x `[b]` tokens or `[b, d]` features -> `(state, y [b, o])`.
 
         Stepping over a sequence from `initial_state` gives `apply`'s outputs. For an
-        online loop outside `jit`: one compiled call per step, the state kept by the caller.
+        online loop outside `jit`: one compiled call per step, the state kept by the
+        caller. `donate_state=True` lets XLA write the new state over the old one
+        (the old one is then unusable): a KV cache is then updated in place instead
+        of copied at every step.
         """
         x = self._check_inputs(
             x, validation.check_params(self, params, "init() of this model"), None, one_step=True
         )
-        return self._step(params, state, x)
+        validation.check_bool(donate_state, "donate_state")
+        return (self._step_in_place if donate_state else self._step)(params, state, x)
+
+    def _step_impl(self, params: dict[str, Any], state: Any, x: Array) -> tuple[Any, Array]:
+        state, features = self.backbone.step(params["backbone"], state, self._encode(params, x))
+        return state, self._readout(params, features)
 
     @functools.partial(jax.jit, static_argnums=0)
     def _step(self, params: dict[str, Any], state: Any, x: Array) -> tuple[Any, Array]:
-        state, features = self.backbone.step(params["backbone"], state, self._encode(params, x))
-        return state, self._readout(params, features)
+        return self._step_impl(params, state, x)
+
+    @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+    def _step_in_place(self, params: dict[str, Any], state: Any, x: Array) -> tuple[Any, Array]:
+        return self._step_impl(params, state, x)
 
     def stream(
         self,

@@ -66,10 +66,14 @@ class Positional(enum.Enum):
 
 
 class KVCache(NamedTuple):
-    """Keys and values of past steps, for step-by-step decoding."""
+    """Keys and values of past steps, for step-by-step decoding.
 
-    k: Array  # [L, b, s, n, k]
-    v: Array  # [L, b, s, n, k]
+    One array per layer, heads before positions: a decoding step writes each layer's
+    cache in place (when donated) and reads it without a transpose.
+    """
+
+    k: tuple[Array, ...]  # L x [b, n, s, k]
+    v: tuple[Array, ...]  # L x [b, n, s, k]
     position: Array  # [b], int32: per sequence, the next position to write
 
 
@@ -125,6 +129,32 @@ def _dropout(x: Array, rate: float, key: Array | None) -> Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+def _cached_attention(
+    q: Array, k: Array, v: Array, cache_k: Array, cache_v: Array, positions: Array
+) -> tuple[Array, tuple[Array, Array]]:
+    """Writes a chunk's keys and values into a layer's cache and attends over it.
+
+    Args:
+      q, k, v: `[b, t, n, k]`, the chunk's (RoPE already applied).
+      cache_k, cache_v: `[b, n, s, k]`.
+      positions: `[b, t]`, where each query and key goes; query i of sequence b sees
+        the cache's positions `0 .. positions[b, i]`.
+
+    Returns:
+      `(out [b, t, n, k], (cache_k, cache_v))`. Softmax in float32, scaled by
+      1/sqrt(k), as `jax.nn.dot_product_attention`; writes past the cache's end are
+      dropped (scatter's default mode).
+    """
+    b, _, n, _ = q.shape
+    index = (jnp.arange(b)[:, None, None], jnp.arange(n)[None, :, None], positions[:, None, :])  # [b, n, t]
+    cache_k = cache_k.at[index].set(jnp.swapaxes(k, 1, 2).astype(cache_k.dtype))
+    cache_v = cache_v.at[index].set(jnp.swapaxes(v, 1, 2).astype(cache_v.dtype))
+    scores = jnp.einsum("btnk,bnsk->bnts", q, cache_k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+    seen = jnp.arange(cache_k.shape[2])[None, None, None, :] <= positions[:, None, :, None]  # [b, 1, t, s]
+    weights = jax.nn.softmax(jnp.where(seen, scores, -jnp.inf), axis=-1).astype(q.dtype)
+    return jnp.einsum("bnts,bnsk->btnk", weights, cache_v), (cache_k, cache_v)
+
+
 @dataclasses.dataclass(frozen=True)
 class Transformer:
     """Pre-LayerNorm Transformer encoder (bidirectional) or decoder-only (causal).
@@ -141,16 +171,16 @@ class Transformer:
       positional: see `Positional`.
       max_len: s, the number of learned positions (LEARNED only).
       attention_fn: `(q, k, v, *, is_causal, key_value_seq_lengths) -> out` on
-        `[b, t, n, k]` arrays over whole sequences, and `(q, k, v, *, mask) -> out`
-        (mask: bool `[b, 1, t, s]`, True where a query may see a key) when continuing
-        from a cache; `jax.nn.dot_product_attention` (fused kernels where available)
-        unless replaced, e.g. by a reference implementation.
+        `[b, t, n, k]` arrays, over whole sequences: `jax.nn.dot_product_attention`
+        (fused kernels where available) unless replaced, e.g. by a reference
+        implementation. Continuing from a KV cache (`step`, `apply(initial_state=)`)
+        attends by plain masked softmax over the cache, in its own layout.
 
     >>> model = Transformer(d_model=16, num_heads=2, num_layers=2, vocab_size=10)
     >>> params = model.init(jax.random.key(0))
     >>> features, cache = model.apply(params, jnp.zeros((3, 7), jnp.int32))
-    >>> features.shape, cache.k.shape
-    ((3, 7, 16), (2, 3, 512, 2, 8))
+    >>> features.shape, len(cache.k), cache.k[0].shape
+    ((3, 7, 16), 2, (3, 2, 512, 8))
     """
 
     d_model: int
@@ -243,7 +273,7 @@ class Transformer:
 
     def _block(self, p, x, positions, lengths, key, cache_kv=None):
         """One pre-LN block. x: [b, t, m], positions: [t] or [b, t]; returns x and this
-        block's keys and values `[b, t, n, k]`. With a cache (a [b, s, n, k] pair),
+        block's keys and values `[b, t, n, k]`. With a cache (a [b, n, s, k] pair),
         writes them at `positions` (`[b, t]`), attends over the cache up to each
         query's own position, and returns the cache instead."""
         keys = jax.random.split(key, 2) if key is not None else (None, None)
@@ -256,16 +286,7 @@ class Transformer:
             out = self.attention_fn(q, k, v, is_causal=self.causal, key_value_seq_lengths=lengths)
             new_kv = (k, v)
         else:
-            rows = jnp.arange(x.shape[0])[:, None]
-            # Writes past the cache's end are dropped (scatter's default mode).
-            ck, cv = (
-                c.at[rows, positions].set(new.astype(c.dtype))
-                for c, new in zip(cache_kv, (k, v), strict=True)
-            )
-            # Causal across the chunk's offset: query i of sequence b sees keys 0..positions[b, i].
-            mask = jnp.arange(ck.shape[1])[None, None, :] <= positions[:, :, None]  # [b, t, s]
-            out = self.attention_fn(q, ck, cv, mask=mask[:, None])
-            new_kv = (ck, cv)
+            out, new_kv = _cached_attention(q, k, v, *cache_kv, positions)
         x = x + _dropout(jnp.einsum("btnk,nkm->btm", out, a["wo"]) + a["bo"], self.dropout, keys[0])
         mlp = p["mlp"]
         h = jax.nn.gelu(_layer_norm(p["ln2"], x) @ mlp["w1"] + mlp["b1"])
@@ -381,10 +402,14 @@ class Transformer:
         advance = jnp.full((b,), t, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
         if cache is not None:
             # A full cache has nowhere to write (the scatter drops the write): say so with NaN.
-            y = jnp.where((positions < cache.k.shape[2])[..., None], y, jnp.nan).astype(y.dtype)
-            return y, KVCache(jnp.stack(ks), jnp.stack(vs), cache.position + advance)
-        room = ((0, 0), (0, 0), (0, max(self.max_len - t, 0)), (0, 0), (0, 0))
-        return y, KVCache(jnp.pad(jnp.stack(ks), room), jnp.pad(jnp.stack(vs), room), advance)
+            y = jnp.where((positions < cache.k[0].shape[2])[..., None], y, jnp.nan).astype(y.dtype)
+            return y, KVCache(tuple(ks), tuple(vs), cache.position + advance)
+        room = ((0, 0), (0, 0), (0, max(self.max_len - t, 0)), (0, 0))
+
+        def cache_of(x):  # [b, t, n, k] -> [b, n, s, k]
+            return jnp.pad(jnp.swapaxes(x, 1, 2), room)
+
+        return y, KVCache(tuple(map(cache_of, ks)), tuple(map(cache_of, vs)), advance)
 
     def initial_state(
         self, batch_size: int, dtype: Any = jnp.float32, *, max_len: int | None = None
@@ -397,8 +422,10 @@ class Transformer:
         check_positive_int(max_len, "max_len")
         if self.positional_kind is Positional.LEARNED and max_len > self.max_len:
             raise ValueError(f"max_len={max_len} exceeds the {self.max_len} learned positions")
-        shape = (self.num_layers, batch_size, max_len, self.num_heads, self.head_dim)
-        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch_size,), jnp.int32))
+        shape = (batch_size, self.num_heads, max_len, self.head_dim)
+        # Separate buffers: a donated step writes each in place.
+        k, v = (tuple(jnp.zeros(shape, dtype) for _ in range(self.num_layers)) for _ in range(2))
+        return KVCache(k, v, jnp.zeros((batch_size,), jnp.int32))
 
     def step(self, params: Params, state: KVCache, inputs: Array) -> tuple[KVCache, Array]:
         """One step of causal decoding; equals `apply` at each sequence's position.
@@ -426,13 +453,18 @@ class Transformer:
             raise ValueError("decoding from a cache needs causal=True")
         if not isinstance(state, tuple) or len(state) != 3:
             raise TypeError(f"state must be a KVCache (k, v, position); got {type(state).__name__}")
-        k, v, position = (jnp.asarray(x) for x in state)
-        size = k.shape[2] if k.ndim == 5 else None
-        shape = (self.num_layers, batch, size, self.num_heads, self.head_dim)
-        if k.shape != shape or v.shape != shape:
+        k, v = (
+            tuple(jnp.asarray(x) for x in part) if isinstance(part, tuple | list) else ()
+            for part in state[:2]
+        )
+        position = jnp.asarray(state[2])
+        size = k[0].shape[2] if k and k[0].ndim == 4 else None
+        shape = (batch, self.num_heads, size, self.head_dim)
+        if len(k) != self.num_layers or len(v) != self.num_layers or any(x.shape != shape for x in k + v):
             raise ValueError(
-                "state.k and state.v must have shape [num_layers, batch, max_len, num_heads, head_dim]="
-                f"{shape}; got {k.shape} and {v.shape}"
+                f"state.k and state.v must be {self.num_layers} arrays (one per layer) of shape "
+                f"[batch, num_heads, max_len, head_dim]={shape}; got "
+                f"{[x.shape for x in k]} and {[x.shape for x in v]}"
             )
         if position.shape != (batch,) or not jnp.issubdtype(position.dtype, jnp.integer):
             raise ValueError(
@@ -441,14 +473,17 @@ class Transformer:
             )
         known = validation.is_concrete(position) and (lengths is None or validation.is_concrete(lengths))
         if known and batch:
-            end = np.asarray(position) + (steps if lengths is None else np.asarray(lengths))
-            if np.asarray(position).min() < 0 or end.max() > size:
+            start = np.asarray(position)
+            end = start + (steps if lengths is None else np.asarray(lengths))
+            if start.min() < 0 or end.max() > size:
                 raise ValueError(
-                    f"the cache holds max_len={size} positions; continuing from state.position "
-                    f"{np.asarray(position).min()}..{np.asarray(position).max()} by {steps} step(s) "
+                    f"state.position must lie in [0, max_len={size}) with room for {steps} more step(s) "
+                    f"(the cache is full at max_len); got positions {start.min()}..{start.max()}, which "
                     f"would reach {end.max()} (make a larger one: initial_state(batch, max_len=...))"
                 )
-        return KVCache(k.astype(dtype), v.astype(dtype), position.astype(jnp.int32))
+        return KVCache(
+            tuple(x.astype(dtype) for x in k), tuple(x.astype(dtype) for x in v), position.astype(jnp.int32)
+        )
 
 
 def make_transformer(
