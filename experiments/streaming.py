@@ -404,7 +404,10 @@ def markdown(rows: list[Row]) -> str:
     contexts = sorted({r.context for r in rows})
     lines = [f"Hardware: {run_config.hardware()}", ""]
     for batch in sorted({r.batch for r in rows}):
-        lines += [f"Per-token latency, batch {batch}: median ms (p90), tokens/s at the largest context", ""]
+        lines += [
+            f"Per-token latency, batch {batch}: median ms (p90), tokens/s at the largest timed context",
+            "",
+        ]
         lines += ["| model | " + " | ".join(f"c={c}" for c in contexts) + " | tokens/s | state / sequence |"]
         lines.append("|---|" + "---:|" * (len(contexts) + 2))
         for model in dict.fromkeys(r.model for r in rows if r.batch == batch):

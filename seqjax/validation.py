@@ -108,9 +108,24 @@ def _init_structure(model: Any, dtype: Any) -> Any:
     return jax.eval_shape(lambda key: model.init(key, dtype), jax.random.key(0))
 
 
+@functools.lru_cache(maxsize=256)
+def _flat_init_structure(model: Any, dtype: Any) -> tuple[Any, tuple[tuple[tuple[int, ...], Any], ...]]:
+    leaves, treedef = jax.tree.flatten(_init_structure(model, dtype))
+    return treedef, tuple((leaf.shape, leaf.dtype) for leaf in leaves)
+
+
 def check_params(model: Any, params: Any, made_by: str) -> Any:
     """Checks `params` against what `model.init(key, dtype)` makes (the structure is
     traced once per hashable model and dtype); returns the dtype they compute in."""
+    leaves, treedef = jax.tree.flatten(params)
+    if leaves and all(isinstance(leaf, jax.Array) for leaf in leaves):
+        # The common case in a few microseconds: a streaming loop checks at every step.
+        dtype = next((leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)), None)
+        if dtype is not None and _flat_init_structure(model, dtype) == (
+            treedef,
+            tuple((leaf.shape, leaf.dtype) for leaf in leaves),
+        ):
+            return dtype
     dtype = param_dtype(params)
     check_tree(params, _init_structure(model, dtype), "params", made_by)
     return dtype

@@ -66,6 +66,18 @@ def test_chunked_stream_equals_one_pass_and_greedy_generation_equals_argmax(fami
         np.testing.assert_array_equal(jnp.argmax(logits, -1), generated[b])
 
 
+@pytest.mark.parametrize("family, options", [("lstm", {}), ("transformer", {"num_heads": 2})])
+def test_donated_steps_equal_apply(family, options):
+    # The LSTM's initial carry is one zero array twice; the Transformer's cache is large.
+    model = token_model(family, options)
+    params = model.init(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (B, 5), 0, V)
+    state = model.initial_state(B, max_len=5)
+    for t in range(5):
+        state, y = model.step(params, state, tokens[:, t], donate_state=True)
+        np.testing.assert_allclose(y, model.apply(params, tokens)[:, t], rtol=1e-5, atol=1e-5)
+
+
 def test_forecast_feeds_predictions_back():
     model = SequenceModel("lstm", output_size=2, hidden_size=H, input_size=2)
     params = model.init(jax.random.key(0))

@@ -80,6 +80,19 @@ class Backbone(Protocol):
         ...
 
 
+def _distinct_buffers(state: Any) -> Any:
+    """`state` with no buffer twice (an initial carry may reuse one zero array), as donation needs."""
+    seen: set[int] = set()
+
+    def distinct(leaf):
+        if id(leaf) in seen:
+            return jnp.array(leaf, copy=True)
+        seen.add(id(leaf))
+        return leaf
+
+    return jax.tree.map(distinct, state)
+
+
 def count_params(params: Any) -> int:
     """Number of scalars in a parameter pytree."""
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
@@ -237,7 +250,9 @@ class SequenceModel:
             x, validation.check_params(self, params, "init() of this model"), None, one_step=True
         )
         validation.check_bool(donate_state, "donate_state")
-        return (self._step_in_place if donate_state else self._step)(params, state, x)
+        if not donate_state:
+            return self._step(params, state, x)
+        return self._step_in_place(params, _distinct_buffers(state), x)
 
     def _step_impl(self, params: dict[str, Any], state: Any, x: Array) -> tuple[Any, Array]:
         state, features = self.backbone.step(params["backbone"], state, self._encode(params, x))
