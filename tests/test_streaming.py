@@ -56,14 +56,16 @@ def test_chunked_stream_equals_one_pass_and_greedy_generation_equals_argmax(fami
         np.testing.assert_allclose(jnp.concatenate(outputs, 1), whole, rtol=1e-5, atol=1e-5)
 
     # Each prompt continues after its own length; re-running apply on prompt + continuation
-    # (causal: position i sees only <= i) must predict every generated token by argmax.
+    # (causal: position i sees only <= i; one padded batch) must predict every generated token.
     prompt, lengths = stream[:, :5], np.array([5, 2, 1])
     generated = model.generate(params, jax.random.key(2), prompt, 6, temperature=0.0, lengths=lengths)
     assert generated.shape == (B, 6) and generated.dtype == jnp.int32
+    grown = np.zeros((B, 11), np.int32)
     for b, n in enumerate(lengths):
-        sequence = jnp.concatenate([prompt[b, :n], generated[b]])[None]
-        logits = model.apply(params, sequence)[0, n - 1 : -1]
-        np.testing.assert_array_equal(jnp.argmax(logits, -1), generated[b])
+        grown[b, : n + 6] = np.concatenate([prompt[b, :n], generated[b]])
+    logits = model.apply(params, grown)
+    for b, n in enumerate(lengths):
+        np.testing.assert_array_equal(jnp.argmax(logits[b, n - 1 : n + 5], -1), generated[b])
 
 
 @pytest.mark.parametrize("family, options", [("lstm", {}), ("transformer", {"num_heads": 2})])
