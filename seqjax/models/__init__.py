@@ -5,7 +5,9 @@ layers:          `Recurrent` (any cell; deep, bidirectional, lengths, dropout,
                  `MinGRU`, `MinLSTM`, `LRU`, `RGLRU`, `Mamba`.
 transformer:     a pre-LayerNorm Transformer with a KV cache; the "transformer" family.
 sequence_model:  the `Backbone` interface every family has, and `SequenceModel`:
-                 encoding, backbone, readout.
+                 encoding, backbone, readout; online use: step, stream, generate, forecast.
+decoding:        sampling from logits (temperature, top-k) and the compiled rollout
+                 that feeds a model's outputs back as its inputs.
 """
 
 from seqjax.models.layers import GRU, LRU, LSTM, RGLRU, RNN, Mamba, MinGRU, MinLSTM, Recurrent
