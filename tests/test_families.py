@@ -21,6 +21,19 @@ from tests.helpers import check_grads_by_finite_differences, numpy_stack
 T, B, D, H = 6, 4, 3, 5
 LENGTHS = np.array([6, 4, 1, 0])
 USER_CELLS = pathlib.Path(__file__).with_name("user_cells.py")
+# Every built-in family and the user's IndRNN, small.
+FAMILIES = [
+    ("rnn", {}),
+    ("lstm", {}),
+    ("gru", {}),
+    ("transformer", {"num_heads": 1}),
+    ("indrnn", {}),
+    ("mingru", {}),
+    ("minlstm", {}),
+    ("lru", {"state_size": 3}),
+    ("rglru", {}),
+    ("mamba", {"state_size": 3}),
+]
 
 
 @pytest.fixture(scope="module")
@@ -115,21 +128,7 @@ def test_capabilities_choose_the_path_and_are_checked_before_use(indrnn):
         Recurrent(plain, D, batch_first="False")
 
 
-@pytest.mark.parametrize(
-    "family, options",
-    [
-        ("rnn", {}),
-        ("lstm", {}),
-        ("gru", {}),
-        ("transformer", {"num_heads": 1}),
-        ("indrnn", {}),
-        ("mingru", {}),
-        ("minlstm", {}),
-        ("lru", {"state_size": 3}),
-        ("rglru", {}),
-        ("mamba", {"state_size": 3}),
-    ],
-)
+@pytest.mark.parametrize("family, options", FAMILIES)
 def test_step_equals_apply_and_state_stops_at_each_length(family, options, indrnn):
     model = SequenceModel(
         family, output_size=3, hidden_size=H + 1, input_size=D, num_layers=2, options=options

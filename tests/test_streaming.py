@@ -15,21 +15,9 @@ from seqjax.data import tasks
 from seqjax.models import SequenceModel
 from seqjax.models.decoding import sample
 from seqjax.training import TrainConfig, init_state, make_optimizer, train
-from tests.test_families import USER_CELLS
+from tests.test_families import FAMILIES, USER_CELLS
 
 V, H, B = 6, 8, 3
-FAMILIES = [
-    ("rnn", {}),
-    ("lstm", {}),
-    ("gru", {}),
-    ("transformer", {"num_heads": 1}),
-    ("indrnn", {}),
-    ("mingru", {}),
-    ("minlstm", {}),
-    ("lru", {"state_size": 3}),
-    ("rglru", {}),
-    ("mamba", {"state_size": 3}),
-]
 
 
 @pytest.fixture(scope="module", autouse=True)
