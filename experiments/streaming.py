@@ -55,7 +55,7 @@ from absl import flags
 from experiments import run_config, user_modules
 from seqjax import registry
 from seqjax.interop import torch_weights
-from seqjax.models import Recurrent, SequenceModel
+from seqjax.models import Recurrent, SequenceModel, Transformer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -198,7 +198,8 @@ def _nocache_runner(family, model, params, stream, c, batch) -> Runner:
 
 
 def torch_runners(family: str, contexts: list[int], batch: int, stream: np.ndarray) -> list[Runner]:
-    """PyTorch's stepped nn.LSTM / nn.GRU, or a KV-cached decoder, with seqjax's weights."""
+    """PyTorch's stepped nn.RNN / nn.LSTM / nn.GRU, or a KV-cached decoder for the
+    Transformer, with seqjax's weights; none for the other families."""
     import torch
 
     torch.set_grad_enabled(False)
@@ -223,7 +224,7 @@ def torch_runners(family: str, contexts: list[int], batch: int, stream: np.ndarr
             return out[-1] @ head_w + head_b, state
 
         expand = (lambda s: s.expand(-1, batch, -1).contiguous()) if batch > 1 else (lambda s: s)
-    else:
+    elif isinstance(model.backbone, Transformer):
         decoder = TorchDecoder(model, params)
         label = "PyTorch decoder (KV cache)"
         run = decoder.step
@@ -233,6 +234,9 @@ def torch_runners(family: str, contexts: list[int], batch: int, stream: np.ndarr
 
         def prefill(tokens):
             return None, decoder.cache_from(read_context(model, params, tokens, room), len(tokens) + room)
+
+    else:  # a backbone PyTorch has no counterpart for
+        return []
 
     runners, peer_of = [], _label(model)
     note = _check_peer(model, params, stream, prefill, run)
