@@ -487,6 +487,15 @@ def plot(workdir: pathlib.Path, rows: list[Row]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # One colour per seqjax model; a PyTorch peer takes its counterpart's, dashed.
+    ours = list(dict.fromkeys(r.model for r in rows if not r.peer_of))
+    colours = {m: plt.cm.tab20(i % 20) for i, m in enumerate(ours)}
+    peers = {r.model: r.peer_of for r in rows if r.peer_of}
+
+    def draw(ax, model, xs, ys):
+        style = dict(color=colours.get(peers.get(model, model)), marker="s" if model in peers else "o")
+        ax.loglog(xs, ys, "--" if model in peers else "-", label=model, **style)
+
     batches = sorted({r.batch for r in rows})
     fig, axes = plt.subplots(1, len(batches) + 1, figsize=(6 * (len(batches) + 1), 4.8))
     for ax, batch in zip(axes, batches, strict=False):
@@ -496,23 +505,23 @@ def plot(workdir: pathlib.Path, rows: list[Row]) -> None:
                 key=lambda r: r.context,
             )
             if cells:
-                style = "s--" if model.startswith("PyTorch") else "o-"
-                ax.loglog([r.context for r in cells], [r.median_ms for r in cells], style, label=model)
+                draw(ax, model, [r.context for r in cells], [r.median_ms for r in cells])
         ax.set(
             xlabel="context c (tokens read)",
             ylabel="ms per token (median)",
             title=f"decode latency, batch {batch}",
         )
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    for model in dict.fromkeys(r.model for r in rows if r.state_bytes and r.batch == batches[0]):
+    axes[0].legend(fontsize=7, ncol=2)
+    for model in dict.fromkeys(r.model for r in rows if r.state_bytes and not r.peer_of):
         cells = sorted(
             (r for r in rows if r.model == model and r.batch == batches[0] and r.state_bytes),
             key=lambda r: r.context,
         )
-        axes[-1].loglog([r.context for r in cells], [r.state_bytes for r in cells], "o-", label=model)
-    axes[-1].set(xlabel="context c", ylabel="bytes per sequence", title="state memory")
+        draw(axes[-1], model, [r.context for r in cells], [r.state_bytes for r in cells])
+    axes[-1].set(xlabel="context c", ylabel="bytes per sequence", title="state memory (PyTorch's: the same)")
     axes[-1].grid(True, which="both", alpha=0.3)
+    axes[-1].legend(fontsize=7, ncol=2)
     fig.suptitle(run_config.hardware(), fontsize=9)
     fig.tight_layout()
     fig.savefig(workdir / "streaming.png", dpi=120)
