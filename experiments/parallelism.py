@@ -191,11 +191,24 @@ def measure(family: str, methods: list[str | None], hidden: int, length: int, ba
     return rows
 
 
-def headline(spec: str) -> list[dict[str, Any]]:
+def runnable(methods: list[str]) -> list[str]:
+    """The methods that can run on this backend; says which are dropped and why (the
+    fused loop runs on CPU only)."""
+    keep = []
+    for method in methods:
+        reason = linear.fused_unavailable_reason() if method == "fused" else None
+        if reason is None:
+            keep.append(method)
+        else:
+            print(f"method {method!r} skipped: {reason}", flush=True)
+    return keep
+
+
+def headline(spec: str, methods: list[str]) -> list[dict[str, Any]]:
     """The GRU layer against the minGRU layer at one size, train step, timed in alternation."""
     t, b, h = (int(v) for v in spec.split("x"))
     xs = jax.random.normal(jax.random.key(1), (t, b, h))
-    layers = {"GRU": seqjax.GRU(h, h)} | {f"minGRU {m}": seqjax.MinGRU(h, h, method=m) for m in METHODS}
+    layers = {"GRU": seqjax.GRU(h, h)} | {f"minGRU {m}": seqjax.MinGRU(h, h, method=m) for m in methods}
     calls = {
         name: (
             jax.jit(jax.grad(lambda p, x, layer=layer: jnp.mean(layer.apply(p, x)[0] ** 2))),
@@ -365,7 +378,8 @@ def main(argv):
     batches = [int(v) for v in FLAGS.batches]
     settings = {flag.name: flag.value for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__])}
     run_config.write(workdir, "parallelism", settings, FLAGS.models)
-    head = headline(FLAGS.headline) if FLAGS.headline else []
+    methods = runnable(FLAGS.methods)
+    head = headline(FLAGS.headline, runnable(list(METHODS))) if FLAGS.headline else []
     for r in head:
         print(f"headline {r['layer']:>18}: {r['ms']:8.1f} ms  {r['speedup_vs_gru']:.2f}x vs GRU", flush=True)
     budget = _params(_model(FLAGS.reference, FLAGS.hidden_size, None))
@@ -376,9 +390,9 @@ def main(argv):
     with open(workdir / "results.jsonl", "w") as out:
         for family in FLAGS.models:
             hidden = matched_width(family, budget)
-            methods = FLAGS.methods if _is_parallel(family) else [None]
+            family_methods = methods if _is_parallel(family) else [None]
             for length, batch in configs:
-                for row in measure(family, methods, hidden, length, batch):
+                for row in measure(family, family_methods, hidden, length, batch):
                     rows.append(row)
                     out.write(json.dumps(dataclasses.asdict(row)) + "\n")
                     out.flush()

@@ -22,11 +22,20 @@ import jax
 from seqjax import registry
 
 
+def _version(package: str) -> str:
+    """The installed version, or a note: the experiments also run from a source tree
+    on `PYTHONPATH` (as on a machine where nothing can be installed)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed (run from source)"
+
+
 def environment() -> dict[str, Any]:
     """Versions and hardware."""
     devices = jax.devices()
     return {
-        "seqjax": importlib.metadata.version("seqjax"),
+        "seqjax": _version("seqjax"),
         "jax": jax.__version__,
         "jaxlib": importlib.metadata.version("jaxlib"),
         "python": platform.python_version(),

@@ -2,13 +2,18 @@
 
     python -m experiments.throughput                                # everything below
     python -m experiments.throughput --cells=lstm --stacks=1 --malloc=tuned --scale_lengths= --scale_batches=
+    python -m experiments.throughput --malloc=default --dtypes=float32,bfloat16   # on a GPU
 
 Times, side by side on one machine: seqjax (as configured by default, and with the
 other input-projection placement), Flax linen `nn.RNN` over SimpleCell, LSTMCell,
 OptimizedLSTMCell, GRUCell, their Flax NNX equivalents, Equinox cells under
 `lax.scan`, Haiku's cores under `hk.dynamic_unroll`, and PyTorch's `nn.RNN/LSTM/GRU`
 with `torch.set_num_threads(--threads)` (the peers need `pip install -e .[bench]`;
-missing ones are skipped). float32, `[batch, time, input]` inputs.
+missing ones are skipped), and on a GPU `jax.experimental.rnn`'s cuDNN LSTM.
+`[batch, time, input]` inputs in each of `--dtypes`. On a GPU every system runs
+there (PyTorch on CUDA with cuDNN); the tables name the GPU and, per row, the
+code path that ran (seqjax's `Recurrent.path`: "cudnn", "hoisted", "kernel", ...;
+PyTorch's "cudnn" or "native").
 
 Every (system, cell) runs in its own worker process, once per --malloc setting
 (`tuned` sets GLIBC_TUNABLES to keep freed memory in one arena instead of
@@ -43,7 +48,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import run_config, user_modules
-from experiments.throughput_systems import CELLS, Job, build, systems_for
+from experiments.throughput_systems import CELLS, Job, Unavailable, build, systems_for
 from seqjax import registry
 
 FLAGS = flags.FLAGS
@@ -51,6 +56,7 @@ flags.DEFINE_list("configs", ["C1=64x256x32x256", "C2=32x512x8x128"], "name=batc
 flags.DEFINE_list("cells", list(CELLS), "Registered cell families: rnn, lstm, gru, a user's.")
 flags.DEFINE_list("stacks", ["1", "2bi"], "Layer stacks: <layers>, or <layers>bi for bidirectional.")
 flags.DEFINE_list("modes", ["train", "forward"], "train (forward + gradients) and/or forward.")
+flags.DEFINE_list("dtypes", ["float32"], "Parameter and input dtypes: float32 and/or bfloat16.")
 flags.DEFINE_list("systems", None, "Systems to time (default: every one installed); see throughput_systems.")
 flags.DEFINE_list("malloc", ["default", "tuned"], "glibc malloc settings: default and/or tuned.")
 flags.DEFINE_integer("repeats", 10, "Timed calls per job (the median is reported).")
@@ -85,13 +91,18 @@ def _rss_peak() -> int:
 
 
 def _time_calls(fn, args, repeats: int, is_torch: bool) -> tuple[float, list[float]]:
-    """(seconds of the first call, seconds of each of `repeats` calls after two warm-ups)."""
+    """(seconds of the first call, seconds of each of `repeats` calls after two warm-ups);
+    each call waits for its device work."""
     import jax
 
     def call():
         out = fn(*args)
         if not is_torch:
             jax.block_until_ready(out)
+        elif _torch_on_gpu():
+            import torch
+
+            torch.cuda.synchronize()
 
     start = time.perf_counter()
     call()
@@ -106,17 +117,28 @@ def _time_calls(fn, args, repeats: int, is_torch: bool) -> tuple[float, list[flo
     return first, times
 
 
-def _roofline(repeats: int) -> float:
-    """float32 GFLOP/s of a 2048^3 matmul: the best of XLA's and NumPy's."""
+def _torch_on_gpu() -> bool:
+    import jax
+
+    return jax.default_backend() == "gpu"
+
+
+def _roofline(repeats: int, dtype: str) -> float:
+    """GFLOP/s of a square matmul in `dtype` at JAX's default precision: 2048^3 on
+    CPU (the best of XLA's and NumPy's), 8192^3 on GPU (XLA's)."""
     import jax
     import jax.numpy as jnp
 
-    n = 2048
+    gpu = jax.default_backend() == "gpu"
+    n = 8192 if gpu else 2048
     a = np.random.default_rng(0).standard_normal((n, n), np.float32)
     matmul = jax.jit(jnp.matmul)
+    candidates = [(matmul, (jnp.asarray(a, dtype), jnp.asarray(a, dtype)), False)]
+    if not gpu and dtype == "float32":
+        candidates.append((np.matmul, (a, a), True))
     best = 0.0
-    for fn, args, is_torch in ((matmul, (jnp.asarray(a), jnp.asarray(a)), False), (np.matmul, (a, a), True)):
-        _, times = _time_calls(fn, args, repeats, is_torch)
+    for fn, args, is_host in candidates:
+        _, times = _time_calls(fn, args, repeats, is_host and not gpu)
         best = max(best, 2 * n**3 / np.median(times) / 1e9)
     return best
 
@@ -128,7 +150,7 @@ def run_worker(jobs: list[dict], repeats: int, threads: int) -> None:
         mode = spec.pop("mode")
         row = {**spec, "mode": mode}
         if spec["system"] == "roofline":
-            row["gflops"] = _roofline(repeats)
+            row["gflops"] = _roofline(repeats, spec["dtype"])
             print(json.dumps(row), flush=True)
             continue
         job = Job(**spec)
@@ -139,20 +161,26 @@ def run_worker(jobs: list[dict], repeats: int, threads: int) -> None:
             row["skipped"] = f"not installed: {e.name}"
             print(json.dumps(row), flush=True)
             continue
+        except Unavailable as e:
+            row["skipped"] = str(e)
+            print(json.dumps(row), flush=True)
+            continue
         if built is None:
             row["skipped"] = f"no {job.cell} cell"
             print(json.dumps(row), flush=True)
             continue
-        train, forward, args, is_torch = built
+        train, forward, args, path, is_torch = built
         first, times = _time_calls(train if mode == "train" else forward, args, repeats, is_torch)
         median = float(np.median(times))
         flops = job.matmul_flops(mode == "train")
         row.update(
+            path=path,
             median_ms=1e3 * median,
             min_ms=1e3 * min(times),
             max_ms=1e3 * max(times),
             compile_s=max(first - median, 0.0),
-            peak_mib=max(_rss_peak() - baseline, 0) / 2**20,
+            # Host memory: meaningless for a job that runs on a GPU.
+            peak_mib=None if _torch_on_gpu() else max(_rss_peak() - baseline, 0) / 2**20,
             tokens_per_s=job.batch * job.time / median,
             gflops=None if flops is None else flops / median / 1e9,
         )
@@ -196,6 +224,7 @@ def check_flags() -> None:
     _check_subset("scale_cell", [FLAGS.scale_cell], cell_families)
     _check_subset("modes", FLAGS.modes, ["train", "forward"], allow_empty=True)
     _check_subset("malloc", FLAGS.malloc, ["default", "tuned"])
+    _check_subset("dtypes", FLAGS.dtypes, ["float32", "bfloat16"])
     systems = sorted({s for cell in FLAGS.cells for s in systems_for(cell)})
     if FLAGS.systems is not None:
         _check_subset("systems", FLAGS.systems, systems)
@@ -226,8 +255,11 @@ def _jobs() -> list[dict]:
                     if FLAGS.systems and system not in FLAGS.systems:
                         continue
                     for mode in FLAGS.modes:
-                        job = Job(system, cell, b, t, d, h, layers, bi)
-                        jobs.append({**dataclasses.asdict(job), "mode": mode, "config": name, "stack": stack})
+                        for dtype in FLAGS.dtypes:
+                            job = Job(system, cell, b, t, d, h, layers, bi, dtype)
+                            jobs.append(
+                                {**dataclasses.asdict(job), "mode": mode, "config": name, "stack": stack}
+                            )
     _, (b, t, d, h) = _parse_config(FLAGS.configs[0])
     sweep = [("time", (b, int(v))) for v in FLAGS.scale_lengths] + [
         ("batch", (int(v), t)) for v in FLAGS.scale_batches
@@ -249,7 +281,9 @@ def _run_workers(jobs: list[dict], malloc: str) -> list[dict]:
         env["GLIBC_TUNABLES"] = TUNED_MALLOC
     else:
         env.pop("GLIBC_TUNABLES", None)
-    groups: dict[tuple[str, str], list[dict]] = {("roofline", ""): [{"system": "roofline", "mode": "-"}]}
+    groups: dict[tuple[str, str], list[dict]] = {
+        ("roofline", ""): [{"system": "roofline", "mode": "-", "dtype": dtype} for dtype in FLAGS.dtypes]
+    }
     for job in jobs:
         groups.setdefault((job["system"], job["cell"]), []).append(job)
     rows = []
@@ -284,45 +318,44 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def tables(rows: list[dict]) -> str:
-    """Markdown tables: one per (config, stack, mode, malloc), plus the scaling sweep."""
-    roof = {r["malloc"]: r["gflops"] for r in rows if r["system"] == "roofline"}
+    """Markdown tables: one per (config, stack, mode, dtype, malloc), plus the scaling sweep."""
+    roof = {(r["malloc"], r.get("dtype", "float32")): r["gflops"] for r in rows if r["system"] == "roofline"}
     timed = [r for r in rows if "median_ms" in r]
-    out = ["float32 matmul roofline: " + ", ".join(f"{m} malloc {_fmt(g)} GFLOP/s" for m, g in roof.items())]
+    out = [
+        "matmul roofline: " + ", ".join(f"{d} ({m} malloc) {_fmt(g)} GFLOP/s" for (m, d), g in roof.items())
+    ]
     header = (
-        "| cell | system | ms/step (median) | min-max | tokens/s | vs best peer | GFLOP/s | % roofline "
-        "| compile (s) | peak MiB |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| cell | system | path | ms/step (median) | min-max | tokens/s | vs best peer | GFLOP/s "
+        "| % roofline | compile (s) | peak MiB |\n|---|---|---|---|---|---|---|---|---|---|---|"
     )
-    keys = sorted(
-        {
-            (r["config"], r["stack"], r["mode"], r["malloc"])
-            for r in timed
-            if not r["config"].startswith("scale")
-        }
-    )
-    for config, stack, mode, malloc in keys:
-        group = [
-            r
-            for r in timed
-            if (r["config"], r["stack"], r["mode"], r["malloc"]) == (config, stack, mode, malloc)
-        ]
+
+    def key(r):
+        return r["config"], r["stack"], r["mode"], r.get("dtype", "float32"), r["malloc"]
+
+    for config, stack, mode, dtype, malloc in sorted(
+        {key(r) for r in timed if not r["config"].startswith("scale")}
+    ):
+        group = [r for r in timed if key(r) == (config, stack, mode, dtype, malloc)]
         out.append(
             f"\n### {config} (b={group[0]['batch']}, t={group[0]['time']}, d={group[0]['input_size']}, "
-            f"h={group[0]['hidden_size']}), layers {stack}, {mode}, {malloc} malloc\n\n{header}"
+            f"h={group[0]['hidden_size']}), layers {stack}, {mode}, {dtype}, {malloc} malloc\n\n{header}"
         )
         for cell in dict.fromkeys(r["cell"] for r in group):
             cell_rows = sorted((r for r in group if r["cell"] == cell), key=lambda r: r["median_ms"])
             peers = [r["median_ms"] for r in cell_rows if not r["system"].startswith("seqjax")]
             best_peer = min(peers) if peers else float("nan")
             for r in cell_rows:
+                ceiling = roof.get((malloc, dtype))
                 cols = [
                     cell,
                     r["system"],
+                    r.get("path") or "-",
                     _fmt(r["median_ms"]),
                     f"{_fmt(r['min_ms'])}-{_fmt(r['max_ms'])}",
                     f"{r['tokens_per_s']:.3g}",
-                    f"{best_peer / r['median_ms']:.2f}x",
+                    f"{best_peer / r['median_ms']:.2f}x" if peers else "-",
                     _fmt(r["gflops"]),
-                    _fmt(r["gflops"] and 100 * r["gflops"] / roof[malloc], 0),
+                    _fmt(r["gflops"] and ceiling and 100 * r["gflops"] / ceiling, 0),
                     _fmt(r["compile_s"], 2),
                     _fmt(r["peak_mib"], 0) if malloc == "default" else "-",
                 ]
@@ -365,9 +398,12 @@ def main(argv) -> None:
     rows = []
     for malloc in FLAGS.malloc:
         rows += _run_workers(jobs, malloc)
+    device = jax.devices()[0]
     machine = (
         f"{run_config.cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
     )
+    if device.platform == "gpu":
+        machine += f" ({device.device_kind})"
     with open(workdir / "results.jsonl", "w") as f:
         for row in rows:
             f.write(json.dumps({**row, "machine": machine}) + "\n")

@@ -1,16 +1,20 @@
 """The systems that `experiments.throughput` times: seqjax and its peers.
 
-Each builder takes a `Job` and returns `(train_step, forward, args)`: two
+Each builder takes a `Job` and returns `(train_step, forward, args, path)`: two
 functions of `*args` (JAX functions are jitted, PyTorch's are plain calls) that
 run a training step (forward, the loss `mean(outputs ** 2)`, gradients with
-respect to every parameter) and inference. seqjax runs any registered cell
+respect to every parameter) and inference, and the name of the code path that
+runs (seqjax's `Recurrent.path`, "cudnn" or "native" for PyTorch, None for the
+others). seqjax runs any registered cell
 family (`seqjax.registry`), a user's too; the peers have their own versions of
 the built-in ones (`PEER_CELLS`). Peers are optional imports (`pip install -e
 .[bench]`); a builder raises ImportError when its library is missing and `None`
 is returned for cells a system does not have.
 
-Inputs are `[batch, time, input]` for every system; each one is given its
-natural layout (seqjax and PyTorch run time-major internally, as their layers do).
+Inputs are `[batch, time, input]` for every system, in the job's dtype (float32
+or bfloat16; parameters too); each one is given its natural layout (seqjax and
+PyTorch run time-major internally, as their layers do). On a GPU every system
+runs there: JAX's default device, and PyTorch on CUDA (cuDNN where it applies).
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ from seqjax.models import Recurrent
 from seqjax.recurrences.protocol import DenseRecurrence
 
 CELLS = ("rnn", "lstm", "gru")  # the families every peer has
+
+
+class Unavailable(Exception):
+    """A system cannot run this job here; the message says why."""
+
 
 # Each peer library's class for the built-in families (Equinox has no vanilla RNN).
 PEER_CELLS = {
@@ -54,6 +63,7 @@ class Job:
     hidden_size: int
     num_layers: int = 1
     bidirectional: bool = False
+    dtype: str = "float32"
 
     def make_cell(self) -> Any:
         """The registered family's cell at this job's hidden size."""
@@ -87,15 +97,17 @@ def _inputs(job: Job) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((job.batch, job.time, job.input_size), np.float32)
 
 
-def _jax_steps(apply: Callable[[Any, jax.Array], jax.Array], params: Any, job: Job):
-    """Jitted train step and forward of `apply(params, xs [b, t, d]) -> ys`."""
+def _jax_steps(apply: Callable[[Any, jax.Array], jax.Array], params: Any, job: Job, path: str | None = None):
+    """Jitted train step and forward of `apply(params, xs [b, t, d]) -> ys`, on
+    parameters and inputs cast to the job's dtype."""
 
     def loss(p, xs):
-        return jnp.mean(apply(p, xs) ** 2)
+        return jnp.mean(apply(p, xs).astype(jnp.float32) ** 2)
 
     train = jax.jit(jax.value_and_grad(loss))
     forward = jax.jit(apply)
-    return train, forward, (params, jnp.asarray(_inputs(job)))
+    params = jax.tree.map(lambda p: p.astype(job.dtype), params)
+    return train, forward, (params, jnp.asarray(_inputs(job), job.dtype)), path
 
 
 def _stack(job: Job, one_direction: Callable[[Any, jax.Array], jax.Array], init: Callable[[Any, int], Any]):
@@ -119,9 +131,22 @@ def _stack(job: Job, one_direction: Callable[[Any, jax.Array], jax.Array], init:
     return apply, params
 
 
-def seqjax_system(job: Job, cpu_kernel: bool | None = None, custom_backward: bool | None = None):
-    """seqjax's `Recurrent` over the family's cell; None where the cell lacks the
-    capability a forced path needs (the hand-written backward pass)."""
+# seqjax's variants: the default, then the paths behind the defaults (see
+# `seqjax.recurrences.paths`): the scan with the hand-written backward pass, JAX's
+# differentiation of the scan, and on GPU the default without unrolling and cuDNN.
+SEQJAX_VARIANTS = {
+    "seqjax": {},
+    "seqjax_scan": dict(cpu_kernel=False, custom_backward=True),
+    "seqjax_autodiff": dict(cpu_kernel=False, custom_backward=False),
+    "seqjax_unroll1": dict(unroll=1),
+    "seqjax_cudnn": dict(cudnn=True),
+}
+GPU_ONLY = ("seqjax_unroll1", "seqjax_cudnn", "jax_cudnn")
+
+
+def seqjax_system(job: Job, **switches: Any):
+    """seqjax's `Recurrent` over the family's cell with these switches; None where
+    the cell lacks the capability a forced path needs."""
     try:
         layer = Recurrent(
             job.make_cell(),
@@ -129,12 +154,34 @@ def seqjax_system(job: Job, cpu_kernel: bool | None = None, custom_backward: boo
             job.num_layers,
             bidirectional=job.bidirectional,
             batch_first=True,
-            cpu_kernel=cpu_kernel,
-            custom_backward=custom_backward,
+            **switches,
         )
     except ValueError:
         return None
-    return _jax_steps(lambda p, xs: layer.apply(p, xs)[0], layer.init(jax.random.key(0)), job)
+    params = layer.init(jax.random.key(0), job.dtype)
+    return _jax_steps(lambda p, xs: layer.apply(p, xs)[0], params, job, layer.path(params))
+
+
+def jax_cudnn_system(job: Job):
+    """`jax.experimental.rnn.lstm` (cuDNN; float32, the LSTM only) on the whole stack."""
+    from jax.experimental import rnn
+
+    from seqjax.recurrences import cudnn
+
+    if job.dtype != "float32":
+        raise Unavailable("jax.experimental.rnn takes float32 only")
+    if not cudnn.available():
+        raise Unavailable(f"jax.experimental.rnn needs a CUDA GPU; running on {jax.default_backend()}")
+    n = 2 if job.bidirectional else 1
+    d, h, layers = job.input_size, job.hidden_size, job.num_layers
+    weights = rnn.init_lstm_weight(jax.random.key(0), d, h, layers, job.bidirectional)
+
+    def apply(weights, xs):
+        zeros = jnp.zeros((layers * n, xs.shape[0], h), xs.dtype)
+        lengths = jnp.full((xs.shape[0],), xs.shape[1], jnp.int32)
+        return rnn.lstm(xs, zeros, zeros, weights, lengths, d, h, layers, 0.0, job.bidirectional)[0]
+
+    return _jax_steps(apply, weights, job, "cudnn")
 
 
 def flax_linen_system(job: Job, cell_name: str):
@@ -230,19 +277,23 @@ def haiku_system(job: Job):
 
 
 def torch_system(job: Job, threads: int):
+    """PyTorch's layer; on CUDA when JAX runs on a GPU (cuDNN where it applies)."""
     import torch
 
     torch.set_num_threads(threads)
     cls = getattr(torch.nn, PEER_CELLS["torch"][job.cell])
     torch.manual_seed(0)
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, job.dtype)
     model = cls(
         job.input_size, job.hidden_size, job.num_layers, bidirectional=job.bidirectional, batch_first=True
-    )
-    xs = torch.from_numpy(_inputs(job))
+    ).to(device, dtype)
+    xs = torch.from_numpy(_inputs(job)).to(device, dtype)
+    path = "cudnn" if device == "cuda" and torch.backends.cudnn.is_acceptable(xs) else "native"
 
     def train(xs):
         model.zero_grad(set_to_none=True)
-        loss = model(xs)[0].pow(2).mean()
+        loss = model(xs)[0].float().pow(2).mean()
         loss.backward()
         return loss
 
@@ -250,30 +301,32 @@ def torch_system(job: Job, threads: int):
         with torch.inference_mode():
             return model(xs)[0]
 
-    return train, forward, (xs,)
+    return train, forward, (xs,), path
 
 
 def systems_for(cell: str) -> list[str]:
-    """Names of every system that can run the family `cell`: seqjax as configured
-    by default (on CPU, the fused kernel where the cell has one), seqjax's
-    `lax.scan` with its hand-written backward pass and with JAX's differentiation
-    of the scan (the measurements behind the defaults), then the peers that have it."""
-    names = ["seqjax", "seqjax_scan", "seqjax_autodiff"]
+    """Names of every system that can run the family `cell` on this backend: seqjax
+    as configured by default (on CPU the fused kernel, on GPU the unrolled scan, where the
+    cell allows), seqjax's other paths (the measurements behind the defaults; the
+    scan without unrolling and cuDNN on GPU only), then the peers that have it
+    (`jax.experimental.rnn` on GPU, for the LSTM)."""
+    gpu = jax.default_backend() == "gpu"
+    names = [n for n in SEQJAX_VARIANTS if gpu or n not in GPU_ONLY]
     flax_cells = PEER_CELLS["flax"].get(cell, ())
     names += [f"flax_linen_{c}" for c in flax_cells] + [f"flax_nnx_{c}" for c in flax_cells]
-    return names + [peer for peer in ("equinox", "haiku", "torch") if cell in PEER_CELLS[peer]]
+    names += [peer for peer in ("equinox", "haiku", "torch") if cell in PEER_CELLS[peer]]
+    return names + (["jax_cudnn"] if gpu and cell == "lstm" else [])
 
 
 def build(job: Job, threads: int):
-    """`(train_step, forward, args, is_torch)` for `job`, or None if the system
-    lacks the cell. Raises ImportError when the system's library is missing."""
+    """`(train_step, forward, args, path, is_torch)` for `job`, or None if the system
+    lacks the cell. Raises ImportError when the system's library is missing, and
+    `Unavailable` when it cannot run the job here."""
     name = job.system
-    if name == "seqjax":
-        built = seqjax_system(job)
-    elif name == "seqjax_scan":
-        built = seqjax_system(job, cpu_kernel=False, custom_backward=True)
-    elif name == "seqjax_autodiff":
-        built = seqjax_system(job, cpu_kernel=False, custom_backward=False)
+    if name in SEQJAX_VARIANTS:
+        built = seqjax_system(job, **SEQJAX_VARIANTS[name])
+    elif name == "jax_cudnn":
+        built = jax_cudnn_system(job)
     elif name.startswith("flax_linen_"):
         built = flax_linen_system(job, name.removeprefix("flax_linen_"))
     elif name.startswith("flax_nnx_"):

@@ -95,9 +95,11 @@ def test_scan_cell_values_and_gradients_match_autodiff(make_cell, hoist):
             total = 0.0
             for reverse in (False, True):
                 if fast:
+                    # Unrolled where hoisted, as GPUs run it by default.
                     carry, ys = scan.scan_cell(
-                        cell, params, carry0, xs, lengths=lengths, reverse=reverse, hoist=hoist
-                    )
+                        cell, params, carry0, xs, lengths=lengths, reverse=reverse, hoist=hoist,
+                        unroll=3 if hoist else 1,
+                    )  # fmt: skip
                 else:
                     carry, ys = scan.scan(cell.step, params, carry0, xs, lengths=lengths, reverse=reverse)
                 total += jnp.sum(weights * jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(carry))

@@ -18,10 +18,11 @@ LAYERS = {"rnn_tanh": seqjax.RNN, "rnn_relu": seqjax.RNN, "lstm": seqjax.LSTM, "
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
-def layer_for(case: dict):
+def layer_for(case: dict, **switches):
     kwargs = dict(
         num_layers=case["num_layers"], bidirectional=case["bidirectional"], batch_first=case["batch_first"]
     )
+    kwargs |= switches
     if case["mode"].startswith("rnn"):
         kwargs["nonlinearity"] = case["mode"][4:]
     return LAYERS[case["mode"]](torch_golden.INPUT, torch_golden.HIDDEN, **kwargs)

@@ -30,7 +30,7 @@ import numpy as np
 
 from seqjax import validation
 from seqjax.interop import torch_weights
-from seqjax.recurrences import cells, lru, mamba, min_rnn, paths, scan
+from seqjax.recurrences import cells, cudnn, lru, mamba, min_rnn, paths, scan
 from seqjax.recurrences.cells import Nonlinearity, RecurrentInit
 from seqjax.recurrences.protocol import Cell, check_cell
 from seqjax.validation import check_positive_int
@@ -61,10 +61,11 @@ class Recurrent:
         its length); outputs concatenate the two.
       batch_first: inputs and outputs are `[b, t, *]` instead of `[t, b, *]`.
       dropout: rate between layers (not after the last), in training only.
-      unroll, hoist_projection, custom_backward, cpu_kernel, method: how the time
-        loop runs; see `seqjax.recurrences.paths.Switches`. None picks what was
-        measured fastest on the backend among the paths the cell allows; True
-        for a capability the cell lacks raises a ValueError here.
+      unroll, hoist_projection, custom_backward, cpu_kernel, method, cudnn: how
+        the time loop runs; see `seqjax.recurrences.paths.Switches`. None picks
+        what was measured fastest on the backend among the paths the cell allows
+        (`path` says which); True for a capability the cell lacks raises a
+        ValueError here.
 
     >>> layer = Recurrent(cells.GRUCell(8), input_size=4, num_layers=2, bidirectional=True)
     >>> params = layer.init(jax.random.key(0))
@@ -80,15 +81,16 @@ class Recurrent:
     bidirectional: bool = False
     batch_first: bool = False
     dropout: float = 0.0
-    unroll: int = 1
+    unroll: int | None = None
     hoist_projection: bool | None = None
     custom_backward: bool | None = None
     cpu_kernel: bool | None = None
     method: str | None = None
+    cudnn: bool = False
 
     def __post_init__(self):
         check_cell(self.cell)
-        for name in ("input_size", "num_layers", "unroll"):
+        for name in ("input_size", "num_layers"):
             check_positive_int(getattr(self, name), name)
         for name in ("bidirectional", "batch_first"):
             if not isinstance(getattr(self, name), bool):
@@ -111,7 +113,7 @@ class Recurrent:
     @property
     def switches(self) -> paths.Switches:
         return paths.Switches(
-            self.hoist_projection, self.custom_backward, self.cpu_kernel, self.unroll, self.method
+            self.hoist_projection, self.custom_backward, self.cpu_kernel, self.unroll, self.method, self.cudnn
         )
 
     def layer_input_size(self, layer: int) -> int:
@@ -206,6 +208,15 @@ class Recurrent:
             return outputs[:, 0], jax.tree.map(lambda s: s[:, 0], final_state)
         return outputs, final_state
 
+    def path(self, params: Params, dtype: Any = None) -> str:
+        """The name of the path (`seqjax.recurrences.paths.Path`) that `apply` takes on
+        this backend for these parameters and inputs and state of `dtype` (the
+        parameters' dtype if None): "kernel", "cudnn", "hoisted", ..."""
+        dtype = validation.check_params(self, params, "init() of this layer") if dtype is None else dtype
+        carry = jax.eval_shape(lambda: self.cell.initial_carry((1,), dtype))
+        inputs = jax.ShapeDtypeStruct((1, 1, self.input_size), dtype)
+        return paths.choose(self.cell, self.switches, params, carry, inputs).value
+
     def step(self, params: Params, state: Any, x: Array) -> tuple[Any, Array]:
         """One time step of a unidirectional layer, for streaming and decoding.
 
@@ -249,8 +260,8 @@ class Recurrent:
         [t, b, n*h] (or [b, t, n*h]), final state [L*n, b, ...])."""
         carries = self._carries(state)
         path = paths.choose(self.cell, self.switches, params, carries, xs)
-        # The kernel reads and writes batch-major arrays in place; the scans need time-major.
-        transpose = not time_major and path is not paths.Path.KERNEL
+        # The kernel and cuDNN read batch-major arrays as they are; the scans need time-major.
+        transpose = not time_major and path not in paths.BATCH_MAJOR
         if transpose:
             xs = jnp.swapaxes(xs, 0, 1)
             time_major = True
@@ -336,7 +347,7 @@ class _CellLayer(Recurrent):
 
     _cell_type: ClassVar[type]
     _SWITCHES: ClassVar[tuple[str, ...]] = (
-        "unroll", "hoist_projection", "custom_backward", "cpu_kernel", "method",
+        "unroll", "hoist_projection", "custom_backward", "cpu_kernel", "method", "cudnn",
     )  # fmt: skip
 
     def __init__(
@@ -483,7 +494,9 @@ class LSTM(_TorchLayer):
     Arguments as PyTorch's, in PyTorch's order: input_size, hidden_size,
     num_layers, bias, batch_first, dropout, bidirectional. Keyword-only:
     recurrent_init, forget_bias (the forget gate's initial total bias; see
-    `seqjax.cells.LSTMCell`), and the switches of `Recurrent`.
+    `seqjax.cells.LSTMCell`), and the switches of `Recurrent` (`cudnn=True` runs
+    cuDNN's LSTM on a CUDA GPU, `seqjax.recurrences.cudnn`; `params_to_cudnn` and
+    `params_from_cudnn` convert to and from its flat weights).
 
     >>> layer = LSTM(input_size=4, hidden_size=8, bidirectional=True)
     >>> params = layer.init(jax.random.key(0))
@@ -497,6 +510,20 @@ class LSTM(_TorchLayer):
     @property
     def forget_bias(self) -> float | None:
         return self.cell.forget_bias
+
+    def params_to_cudnn(self, params: Params) -> Array:
+        """cuDNN's flat weights `[n]` (the vector `jax.experimental.rnn.lstm` takes,
+        laid out as `jax.experimental.rnn.unpack_lstm_weights` reads it), exact;
+        zero biases where `bias=False`."""
+        validation.check_params(self, params, "init() of this layer")
+        return cudnn.pack([p for layer in params for p in layer], self.hidden_size)
+
+    def params_from_cudnn(self, weights: Array) -> Params:
+        """Parameters from cuDNN's flat weights (the inverse of `params_to_cudnn`, exact)."""
+        sizes = [self.layer_input_size(l) for l in range(self.num_layers) for _ in range(self.num_directions)]
+        flat = cudnn.unpack(weights, sizes, self.hidden_size, self.bias)
+        n = self.num_directions
+        return tuple(tuple(flat[l * n : (l + 1) * n]) for l in range(self.num_layers))
 
 
 class GRU(_TorchLayer):

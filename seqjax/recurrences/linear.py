@@ -16,8 +16,10 @@ Methods (`Method`), all exact to rounding, with the same gradients:
     fused       one C++ loop over time for XLA:CPU (`kernels/linear_cpu.cc`), columns
                 split over the cores; float32/64, complex64/128.
     auto        what `experiments/parallelism.py` measured fastest on the backend:
-                fused on CPU (sequential where it cannot be built); on accelerators,
-                not measured yet, parallel (as S5 and minimal-LRU use).
+                fused on CPU (sequential where it cannot be built); elsewhere
+                parallel. On an H200 a minGRU layer's train step (b=8, d=h=256) took
+                0.52 ms parallel, 0.80 chunked, 45.9 sequential at t=1024, and 2.0,
+                7.3 and 803 ms at t=16384 (README, "GPU").
 
 The gradient of every method is a custom VJP: the backward pass of a linear
 recurrence is the same recurrence run the other way (`dh_t = g_t + a_{t+1} dh_{t+1}`,

@@ -9,16 +9,24 @@ without it takes the next path that applies; `PLAIN` runs every cell):
 
     SEQUENCE    the cell's own `run_sequence` over the whole sequence (a parallel or
                 fused linear recurrence): `RunsSequence`. Default wherever it applies.
+    CUDNN       cuDNN's LSTM kernels (`seqjax.recurrences.cudnn`): CUDA, float32, a
+                `DenseRecurrence` cell with kernel "lstm". Only when asked for
+                (`cudnn=True`): the scans below were faster on the GPU measured.
     KERNEL      the fused CPU loop (`cpu_kernel.scan_kernel`): CPU, float32, a cell
                 that one of its loops computes. Default on CPU where it applies.
     SCAN_CELL   `scan.scan_cell`'s hand-written backward pass: `DenseRecurrence`.
-                Default on CPU otherwise (float64, or the kernel switched off).
+                Default on GPU, and on CPU where the kernel does not apply.
     HOISTED     one matmul projects every step, then `lax.scan` of `step_projected`,
-                differentiated by JAX: `ProjectsInput`. Default off CPU.
+                differentiated by JAX: `ProjectsInput`. Default on other backends.
     PLAIN       `lax.scan` of `step` on the raw inputs, differentiated by JAX.
 
-The defaults are what `experiments/throughput.py` measured fastest on CPU; on
-other backends the hoisted projection and JAX's own differentiation.
+The defaults are what `experiments/throughput.py` measured fastest (README,
+"Throughput"): on CPU the fused loop; on an H200 GPU the hand-written backward
+pass over the hoisted projection, the scan unrolled 8 steps (`unroll`). In one
+run at C1 the unrolled scan (with JAX's differentiation) trained the LSTM 1.65x
+faster than seqjax's cuDNN path and 1.96x faster than PyTorch's cuDNN LSTM; in
+another the hand-written backward pass made it 1.2x faster still. TPUs are not
+measured: there, JAX's own differentiation of the hoisted scan.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from typing import Any
 import jax
 
 from seqjax import validation
-from seqjax.recurrences import cpu_kernel, linear, scan
+from seqjax.recurrences import cpu_kernel, cudnn, linear, scan
 from seqjax.recurrences.protocol import DenseRecurrence, ProjectsInput, RunsSequence
 
 Array = jax.Array
@@ -38,6 +46,7 @@ Array = jax.Array
 
 class Path(enum.Enum):
     SEQUENCE = "sequence"
+    CUDNN = "cudnn"
     KERNEL = "kernel"
     SCAN_CELL = "scan_cell"
     HOISTED = "hoisted"
@@ -57,17 +66,23 @@ class Switches:
       cpu_kernel: run the fused CPU loop (reverse mode only) or not; None uses it on
         CPU whenever it applies, `custom_backward` is not False,
         `$SEQJAX_CPU_KERNEL` is not "0", and it could be built.
-      unroll: forwarded to `lax.scan`.
+      unroll: forwarded to `lax.scan`; None is 8 on GPU, where each step of a
+        `lax.scan` costs kernel launches (measured: 8 to 32 steps were equally
+        fast, and 8 compiles faster), else 1.
       method: how a `RunsSequence` cell's linear recurrence runs ("sequential",
         "parallel", "chunked", "fused", "auto"; see `seqjax.recurrences.linear.Method`);
         None is the cell's own `method`.
+      cudnn: run cuDNN's LSTM (`seqjax.recurrences.cudnn`); a ValueError where it
+        cannot, saying why. Off by default: slower than the unrolled scan on the
+        GPU measured.
     """
 
     hoist_projection: bool | None = None
     custom_backward: bool | None = None
     cpu_kernel: bool | None = None
-    unroll: int = 1
+    unroll: int | None = None
     method: str | None = None
+    cudnn: bool = False
 
     def check(self, cell: Any) -> None:
         """Raises a ValueError for a switch set to True that the cell has no capability for."""
@@ -92,6 +107,12 @@ class Switches:
                 )
         if self.cpu_kernel not in (None, True, False):
             raise TypeError(f"cpu_kernel must be True, False or None; got {self.cpu_kernel!r}")
+        if not isinstance(self.cudnn, bool):
+            raise TypeError(f"cudnn must be True or False; got {self.cudnn!r}")
+        if self.unroll is not None:
+            validation.check_positive_int(self.unroll, "unroll")
+        if self.cudnn and not cudnn.computes(cell):
+            raise ValueError(f"cudnn=True: {cudnn.unsupported_reason(cell)}")
         if self.cpu_kernel and not cpu_kernel.has_loop(cell):
             raise ValueError(
                 f"cpu_kernel=True needs a DenseRecurrence cell whose kernel is one of "
@@ -100,14 +121,24 @@ class Switches:
             )
 
 
+# The paths that read `[b, t, d]` inputs as they are.
+BATCH_MAJOR = frozenset({Path.KERNEL, Path.CUDNN})
+
+
 def choose(cell: Any, switches: Switches, *arrays: Any) -> Path:
     """The path for `cell` on these arrays (params, carry, xs: their dtypes count)."""
     if isinstance(cell, RunsSequence):
         return Path.SEQUENCE
-    on_cpu = jax.default_backend() == "cpu"
+    if switches.cudnn:
+        reason = cudnn.unsupported_reason(cell, *arrays)
+        if reason is not None:
+            raise ValueError(f"cudnn=True: {reason}")
+        return Path.CUDNN
+    backend = jax.default_backend()
+    on_cpu = backend == "cpu"
     custom_backward = switches.custom_backward
     if custom_backward is None:
-        custom_backward = on_cpu and isinstance(cell, DenseRecurrence)
+        custom_backward = backend in ("cpu", "gpu") and isinstance(cell, DenseRecurrence)
     use_kernel = switches.cpu_kernel
     if use_kernel is None:
         use_kernel = (
@@ -124,6 +155,14 @@ def choose(cell: Any, switches: Switches, *arrays: Any) -> Path:
     if hoist(cell, switches):
         return Path.HOISTED
     return Path.PLAIN
+
+
+def unroll(switches: Switches) -> int:
+    """The steps of `lax.scan` per loop iteration: `switches.unroll`, or 8 on GPU and 1
+    elsewhere (see `Switches`)."""
+    if switches.unroll is not None:
+        return switches.unroll
+    return 8 if jax.default_backend() == "gpu" else 1
 
 
 def hoist(cell: Any, switches: Switches) -> bool:
@@ -152,7 +191,7 @@ def run(
       cell, params: the cell and its parameters.
       carry: initial carry, leaves `[b, ...]`.
       xs: `[t, b, d]` raw inputs; `[b, t, d]` if not `time_major`, which only the
-        `KERNEL` path reads in place (callers transpose for the others).
+        `KERNEL` and `CUDNN` paths read (callers transpose for the others).
       switches: the caller's switches (projection placement, unroll).
       lengths: optional `[b]` valid lengths (see `seqjax.scan.scan`).
       reverse: run each sequence from its last valid step to its first.
@@ -165,11 +204,13 @@ def run(
         return cpu_kernel.scan_kernel(
             cell, params, carry, xs, lengths=lengths, reverse=reverse, time_major=time_major
         )
+    if path is Path.CUDNN:
+        return cudnn.run(cell, params, carry, xs, lengths=lengths, reverse=reverse, time_major=time_major)
     if not time_major:
         raise ValueError(f"the {path.value} path reads time-major xs [t, b, d]")
     if path is Path.SEQUENCE:
         return cell.run_sequence(params, carry, xs, lengths=lengths, reverse=reverse, method=switches.method)
-    options = dict(lengths=lengths, reverse=reverse, unroll=switches.unroll)
+    options = dict(lengths=lengths, reverse=reverse, unroll=unroll(switches))
     if path is Path.SCAN_CELL:
         return scan.scan_cell(cell, params, carry, xs, hoist=hoist(cell, switches), **options)
     if path is Path.HOISTED:
