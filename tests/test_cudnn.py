@@ -72,8 +72,7 @@ def test_layer_matches_jax_reference_lstm(key):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("time_major", [True, False])
+@pytest.mark.parametrize("reverse, time_major", [(False, True), (True, False)])
 def test_path_wrapper_matches_scan(reverse, time_major, key):
     """The path's handling of lengths (0 and above t included), reversal and layouts,
     around the reference LSTM, against `scan.scan` of the cell: values and gradients."""
