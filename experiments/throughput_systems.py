@@ -44,6 +44,7 @@ PEER_CELLS = {
     "equinox": {"lstm": "LSTMCell", "gru": "GRUCell"},
     "haiku": {"rnn": "VanillaRNN", "lstm": "LSTM", "gru": "GRU"},
     "torch": {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"},
+    "jax_cudnn": {"lstm": "lstm"},  # jax.experimental.rnn, on CUDA GPUs only
 }
 
 
@@ -314,8 +315,8 @@ def systems_for(cell: str) -> list[str]:
     names = [n for n in SEQJAX_VARIANTS if gpu or n not in GPU_ONLY]
     flax_cells = PEER_CELLS["flax"].get(cell, ())
     names += [f"flax_linen_{c}" for c in flax_cells] + [f"flax_nnx_{c}" for c in flax_cells]
-    names += [peer for peer in ("equinox", "haiku", "torch") if cell in PEER_CELLS[peer]]
-    return names + (["jax_cudnn"] if gpu and cell == "lstm" else [])
+    peers = [peer for peer in ("equinox", "haiku", "torch", "jax_cudnn") if cell in PEER_CELLS[peer]]
+    return names + [peer for peer in peers if gpu or peer not in GPU_ONLY]
 
 
 def build(job: Job, threads: int):

@@ -45,12 +45,13 @@ from seqjax.recurrences.protocol import DenseRecurrence
 
 Array = jax.Array
 GATES = 4  # cuDNN's LSTM; the only cell JAX exposes
+KINDS = frozenset({"lstm"})  # the cells' `kernel` kinds that cuDNN computes through JAX
 
 
 def computes(cell: Any) -> bool:
     """Whether cuDNN's LSTM computes `cell`: a `DenseRecurrence` cell whose `kernel`
     attribute is "lstm" (PyTorch's LSTM maths; see `seqjax.recurrences.protocol`)."""
-    return isinstance(cell, DenseRecurrence) and getattr(cell, "kernel", None) == "lstm"
+    return isinstance(cell, DenseRecurrence) and getattr(cell, "kernel", None) in KINDS
 
 
 def available() -> bool:
