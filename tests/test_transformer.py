@@ -1,12 +1,14 @@
 """The Transformer against Flax's attention and LayerNorm, and its invariances."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.models.transformer import Transformer, rope, sinusoidal
+from seqjax.models.transformer import Transformer, attention, rope, sinusoidal
 from tests.helpers import check_grads_by_finite_differences
 
 B, T, V, M = 3, 9, 11, 16
@@ -155,6 +157,31 @@ def softmax_attention(q, k, v, is_causal=False, key_value_seq_lengths=None):
     if key_value_seq_lengths is not None:
         allowed &= (jnp.arange(s) < key_value_seq_lengths[:, None])[:, None, None, :]
     return jnp.einsum("bnts,bsnk->btnk", jax.nn.softmax(jnp.where(allowed, scores, -1e30), -1), v)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_tiled_attention_matches_plain_softmax(causal, key):
+    """The CPU attention's tiles (blocks of 4 queries over t=11: a ragged last block;
+    3 x 2 (batch, head) pairs: tiles of 6) against plain softmax attention in float64,
+    values and gradients, with key lengths 0 and below t. A query with no visible key
+    (the length-0 sequence) is left out: its value is arbitrary in both."""
+    with jax.enable_x64(True):
+        lengths = jnp.array([11, 0, 5])
+        q, k, v = jax.random.normal(key, (3, 3, 11, 2, 4), jnp.float64)
+        weights = jnp.ones((3, 1, 1, 1)).at[1].set(0.0)
+
+        def loss(fn, q, k, v):
+            out = fn(q, k, v, is_causal=causal, key_value_seq_lengths=lengths)
+            return jnp.sum(weights * jnp.sin(out)), out * weights
+
+        blocks_of_4 = functools.partial(attention, block_size=4)
+        tiled = jax.value_and_grad(lambda *a: loss(blocks_of_4, *a), (0, 1, 2), has_aux=True)
+        plain = jax.value_and_grad(lambda *a: loss(softmax_attention, *a), (0, 1, 2), has_aux=True)
+        (_, got), got_grads = jax.jit(tiled)(q, k, v)
+        (_, want), want_grads = plain(q, k, v)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        for a, b in zip(got_grads, want_grads, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_gradients_match_finite_differences(key):

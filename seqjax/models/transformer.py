@@ -22,8 +22,9 @@ size), f = `mlp_dim`, s = `max_len` (cache or learned-position length).
         x = x + dropout(mlp(layer_norm(x)))               # gelu MLP
     y = layer_norm(x)                                     # [b, t, m]
 
-Attention goes through `jax.nn.dot_product_attention`, which picks fused
-kernels where the platform has them; padding comes from per-example lengths.
+Attention goes through `attention`: blocks of queries on CPU, and
+`jax.nn.dot_product_attention` (fused kernels where the platform has them)
+elsewhere; padding comes from per-example lengths.
 Attention weights are stored as Flax's `MultiHeadDotProductAttention` stores
 them: `wq, wk, wv: [m, n, k]`, `bq, bk, bv: [n, k]`, `wo: [n, k, m]`, `bo: [m]`.
 """
@@ -129,6 +130,77 @@ def _dropout(x: Array, rate: float, key: Array | None) -> Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+def attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    is_causal: bool = False,
+    key_value_seq_lengths: Array | None = None,
+    block_size: int | None = None,
+) -> Array:
+    """Softmax attention over whole sequences: `jax.nn.dot_product_attention`'s
+    arguments and results, computed in cache-sized tiles on CPU.
+
+    On CPU, XLA writes `jax.nn.dot_product_attention`'s `[b, n, t, s]` scores to
+    memory (64 MB a layer at b=64, n=4, t=256), and with a head size of 32 that
+    traffic, not arithmetic, sets the time. Here a `lax.map` takes 8 (batch, head)
+    pairs at a time, each block of their queries attends to the keys it can see (a
+    causal block skips every later key: half the work), and `jax.checkpoint`
+    recomputes the tile in the backward pass instead of storing it, so the scores
+    stay in cache. Measured at b=64, n=4, k=32, causal, one layer forward and
+    backward: 93 against 278 ms at t=256, 1230 against 8685 ms at t=1024. Other
+    backends, which have fused kernels, get `jax.nn.dot_product_attention` unless
+    `block_size` is given.
+
+    Args:
+      q: `[b, t, n, k]`; k, v: `[b, s, n, k]` (`s == t` when causal).
+      is_causal: query i sees keys 0..i.
+      key_value_seq_lengths: optional `[b]`: keys at or past it are masked.
+      block_size: queries per block; None: t/8, at least 64 (at most 8 blocks,
+        which bounds the compile time).
+
+    Returns:
+      `[b, t, n, k]`. Softmax in at least float32, scaled by 1/sqrt(k); a query with
+      no visible key gets the mean of the values, as `jax.nn.dot_product_attention`.
+    """
+    if block_size is None and jax.default_backend() != "cpu":
+        return jax.nn.dot_product_attention(
+            q, k, v, is_causal=is_causal, key_value_seq_lengths=key_value_seq_lengths
+        )
+    b, t, n, d = q.shape
+    s = k.shape[1]
+    block = block_size or max(64, -(-t // 8))
+    pairs = b * n
+    group = max(g for g in range(1, 9) if pairs % g == 0)  # (batch, head) pairs per tile
+    lengths = jnp.full((b,), s, jnp.int32) if key_value_seq_lengths is None else key_value_seq_lengths
+    lengths = jnp.repeat(lengths, n).reshape(-1, group, 1, 1)
+
+    def heads(x):  # [b, t, n, d] -> [pairs / group, group, t, d]
+        return jnp.swapaxes(x, 1, 2).reshape(-1, group, x.shape[1], d)
+
+    score_dtype = q.dtype if jnp.finfo(q.dtype).bits >= 32 else jnp.float32
+    masked = -0.7 * jnp.finfo(score_dtype).max
+
+    @jax.checkpoint
+    def tile(args):
+        q, k, v, visible = args  # [group, t or s, d], visible [group, 1, 1]
+        outs = []
+        for start in range(0, t, block):
+            stop = min(start + block, t)
+            keys = min(stop, s) if is_causal else s
+            scores = (q[:, start:stop] @ jnp.swapaxes(k[:, :keys], -1, -2)).astype(score_dtype)
+            seen = jnp.arange(keys, dtype=visible.dtype) < visible  # [group, 1, keys]
+            if is_causal:
+                seen = seen & (jnp.arange(keys)[None, :] <= jnp.arange(start, stop)[:, None])
+            scores = jnp.where(seen, scores / math.sqrt(d), masked)
+            outs.append(jax.nn.softmax(scores, axis=-1).astype(q.dtype) @ v[:, :keys])
+        return jnp.concatenate(outs, axis=1)
+
+    out = jax.lax.map(tile, (heads(q), heads(k), heads(v), lengths))  # [pairs / group, group, t, d]
+    return jnp.swapaxes(out.reshape(b, n, t, d), 1, 2)
+
+
 def _cached_attention(
     q: Array, k: Array, v: Array, cache_k: Array, cache_v: Array, positions: Array
 ) -> tuple[Array, tuple[Array, Array]]:
@@ -171,9 +243,9 @@ class Transformer:
       positional: see `Positional`.
       max_len: s, the number of learned positions (LEARNED only).
       attention_fn: `(q, k, v, *, is_causal, key_value_seq_lengths) -> out` on
-        `[b, t, n, k]` arrays, over whole sequences: `jax.nn.dot_product_attention`
-        (fused kernels where available) unless replaced, e.g. by a reference
-        implementation. Continuing from a KV cache (`step`, `apply(initial_state=)`)
+        `[b, t, n, k]` arrays, over whole sequences: `attention` (blocked on CPU,
+        `jax.nn.dot_product_attention` elsewhere) unless replaced, e.g. by a
+        reference implementation. Continuing from a KV cache (`step`, `apply(initial_state=)`)
         attends by plain masked softmax over the cache, in its own layout.
 
     >>> model = Transformer(d_model=16, num_heads=2, num_layers=2, vocab_size=10)
@@ -193,7 +265,7 @@ class Transformer:
     causal: bool = True
     positional: Positional | str = Positional.ROPE
     max_len: int = 512
-    attention_fn: Callable[..., Array] = jax.nn.dot_product_attention
+    attention_fn: Callable[..., Array] = attention
 
     # What carries information across positions; the gradient-flow diagnostics'
     # "scaled" initialisation multiplies these.
