@@ -54,6 +54,13 @@ from seqjax import registry
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["C1=64x256x32x256", "C2=32x512x8x128"], "name=batch x time x input x hidden.")
 flags.DEFINE_list("cells", list(CELLS), "Registered cell families: rnn, lstm, gru, a user's.")
+flags.DEFINE_list(
+    "transformer_configs",
+    ["T1=64x256x128x2", "T2=64x1024x128x2", "T3=8x256x128x2", "T4=8x1024x128x2"],
+    "Transformer rows: name=batch x time x d_model x layers (input features = d_model; '' for none).",
+)
+flags.DEFINE_integer("transformer_heads", 4, "The Transformer rows' attention heads.")
+flags.DEFINE_integer("transformer_mlp", 512, "The Transformer rows' MLP width.")
 flags.DEFINE_list("stacks", ["1", "2bi"], "Layer stacks: <layers>, or <layers>bi for bidirectional.")
 flags.DEFINE_list("modes", ["train", "forward"], "train (forward + gradients) and/or forward.")
 flags.DEFINE_list("dtypes", ["float32"], "Parameter and input dtypes: float32 and/or bfloat16.")
@@ -220,19 +227,26 @@ def _check_subset(name: str, values: list[str], choices: list[str], allow_empty:
 def check_flags() -> None:
     """Every flag of a sweep, before any worker starts."""
     cell_families = [n for n in registry.names() if registry.get(n).make_cell is not None]
-    _check_subset("cells", FLAGS.cells, cell_families)
+    _check_subset("cells", FLAGS.cells, cell_families, allow_empty=bool(FLAGS.transformer_configs))
     _check_subset("scale_cell", [FLAGS.scale_cell], cell_families)
     _check_subset("modes", FLAGS.modes, ["train", "forward"], allow_empty=True)
     _check_subset("malloc", FLAGS.malloc, ["default", "tuned"])
     _check_subset("dtypes", FLAGS.dtypes, ["float32", "bfloat16"])
-    systems = sorted({s for cell in FLAGS.cells for s in systems_for(cell)})
+    families = [*FLAGS.cells, *(["transformer"] if FLAGS.transformer_configs else [])]
+    systems = sorted({s for cell in families for s in systems_for(cell)})
     if FLAGS.systems is not None:
         _check_subset("systems", FLAGS.systems, systems)
     _check_subset("scale_systems", FLAGS.scale_systems, systems_for(FLAGS.scale_cell), allow_empty=True)
-    if not FLAGS.configs:
-        raise app.UsageError("--configs must name at least one configuration")
-    for text in FLAGS.configs:
+    if FLAGS.cells and not FLAGS.configs:
+        raise app.UsageError("--configs must name at least one configuration for --cells")
+    for text in FLAGS.configs + FLAGS.transformer_configs:
         _parse_config(text)
+    for name in ("transformer_heads", "transformer_mlp"):
+        if FLAGS[name].value < 1:
+            raise app.UsageError(f"--{name} must be >= 1; got {FLAGS[name].value}")
+    for text in FLAGS.transformer_configs:
+        if _parse_config(text)[1][2] % FLAGS.transformer_heads:
+            raise app.UsageError(f"--transformer_heads must divide d_model in {text!r}")
     for text in FLAGS.stacks:
         _parse_stack(text)
     for name in ("repeats", "threads"):
@@ -260,6 +274,21 @@ def _jobs() -> list[dict]:
                             jobs.append(
                                 {**dataclasses.asdict(job), "mode": mode, "config": name, "stack": stack}
                             )
+    for text in FLAGS.transformer_configs:
+        name, (b, t, m, layers) = _parse_config(text)
+        for system in systems_for("transformer"):
+            if FLAGS.systems and system not in FLAGS.systems:
+                continue
+            for mode in FLAGS.modes:
+                for dtype in FLAGS.dtypes:
+                    job = Job(
+                        system, "transformer", b, t, m, m, layers, dtype=dtype,
+                        num_heads=FLAGS.transformer_heads, mlp_dim=FLAGS.transformer_mlp,
+                    )  # fmt: skip
+                    labels = {"mode": mode, "config": name, "stack": str(layers)}
+                    jobs.append({**dataclasses.asdict(job), **labels})
+    if not FLAGS.cells:
+        return jobs
     _, (b, t, d, h) = _parse_config(FLAGS.configs[0])
     sweep = [("time", (b, int(v))) for v in FLAGS.scale_lengths] + [
         ("batch", (int(v), t)) for v in FLAGS.scale_batches

@@ -46,14 +46,19 @@ PEER_CELLS = {
     "torch": {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"},
     "jax_cudnn": {"lstm": "lstm"},  # jax.experimental.rnn, on CUDA GPUs only
 }
+# The systems that time an attention family: seqjax's model, PyTorch's
+# nn.TransformerEncoder and Flax linen's nn.MultiHeadDotProductAttention blocks.
+ATTENTION_SYSTEMS = {"transformer": ("seqjax", "torch", "flax_linen")}
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One measurement: a system running a cell on a shape.
+    """One measurement: a system running a cell (or the Transformer) on a shape.
 
-    batch, time, input_size, hidden_size: the shape (b, t, d, h).
+    batch, time, input_size, hidden_size: the shape (b, t, d, h); h is d_model m
+    for the Transformer.
     num_layers, bidirectional: the stack.
+    num_heads, mlp_dim: the Transformer's n and f.
     """
 
     system: str
@@ -65,6 +70,8 @@ class Job:
     num_layers: int = 1
     bidirectional: bool = False
     dtype: str = "float32"
+    num_heads: int = 4
+    mlp_dim: int = 512
 
     def make_cell(self) -> Any:
         """The registered family's cell at this job's hidden size."""
@@ -78,7 +85,18 @@ class Job:
         Training adds the state gradient (2*b*t*g*h*h), the input gradient for
         layers after the first (2*b*t*g*h*d_l) and the weight gradients
         (2*b*t*g*h*(d_l + h)).
+
+        The Transformer (pre-LN, input projection d -> m, causal): forward
+        2*b*t*d*m, and per layer 8*b*t*m^2 (the Q, K, V and output projections),
+        4*b*t*m*f (the MLP) and 4*b*t^2*m (QK^T and AV, counted in full although a
+        causal implementation may skip half); training is 3x the forward (each
+        matmul's two gradients).
         """
+        if self.cell in ATTENTION_SYSTEMS:
+            b, t, d, m, f = self.batch, self.time, self.input_size, self.hidden_size, self.mlp_dim
+            forward = 2.0 * b * t * d * m + self.num_layers * (8.0 * b * t * m * m + 4.0 * b * t * m * f)
+            forward += self.num_layers * 4.0 * b * t * t * m
+            return forward * (3 if train else 1)
         cell = self.make_cell()
         if not isinstance(cell, DenseRecurrence):  # the count below is a dense recurrence's
             return None
@@ -305,12 +323,81 @@ def torch_system(job: Job, threads: int):
     return train, forward, (xs,), path
 
 
+def seqjax_transformer_system(job: Job):
+    """seqjax's Transformer: input projection, pre-LN causal blocks, final LayerNorm."""
+    from seqjax.models.transformer import Transformer
+
+    model = Transformer(
+        job.hidden_size, job.num_heads, job.num_layers, input_size=job.input_size, mlp_dim=job.mlp_dim,
+        positional="none",
+    )  # fmt: skip
+    path = "tiled" if jax.default_backend() == "cpu" else "dot_product_attention"
+    return _jax_steps(lambda p, xs: model.apply(p, xs)[0], model.init(jax.random.key(0)), job, path)
+
+
+def flax_transformer_system(job: Job):
+    """The same architecture from Flax linen's layers (`nn.MultiHeadDotProductAttention`)."""
+    import flax.linen as nn
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, xs):
+            mask = nn.make_causal_mask(jnp.ones(xs.shape[:2]))
+            x = nn.Dense(job.hidden_size)(xs)
+            for _ in range(job.num_layers):
+                x = x + nn.MultiHeadDotProductAttention(job.num_heads)(nn.LayerNorm()(x), mask=mask)
+                x = x + nn.Dense(job.hidden_size)(nn.gelu(nn.Dense(job.mlp_dim)(nn.LayerNorm()(x))))
+            return nn.LayerNorm()(x)
+
+    model = Model()
+    xs = jnp.asarray(_inputs(job))
+    return _jax_steps(model.apply, model.init(jax.random.key(0), xs[:, :2]), job, "dot_product_attention")
+
+
+def torch_transformer_system(job: Job, threads: int):
+    """PyTorch's `nn.TransformerEncoder(norm_first=True)`, causal, after a linear input
+    projection and with a final LayerNorm: the same architecture."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    layer = torch.nn.TransformerEncoderLayer(
+        job.hidden_size, job.num_heads, job.mlp_dim, dropout=0.0, activation="gelu", batch_first=True,
+        norm_first=True,
+    )  # fmt: skip
+    encoder = torch.nn.TransformerEncoder(
+        layer, job.num_layers, norm=torch.nn.LayerNorm(job.hidden_size), enable_nested_tensor=False
+    )
+    model = torch.nn.Sequential(torch.nn.Linear(job.input_size, job.hidden_size), encoder)
+    model = model.to(device, getattr(torch, job.dtype))
+    xs = torch.from_numpy(_inputs(job)).to(device, getattr(torch, job.dtype))
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(job.time, device=device)
+
+    def run(xs):
+        return encoder(model[0](xs), mask=mask.to(xs.dtype), is_causal=True)
+
+    def train(xs):
+        model.zero_grad(set_to_none=True)
+        loss = run(xs).float().pow(2).mean()
+        loss.backward()
+        return loss
+
+    def forward(xs):
+        with torch.inference_mode():
+            return run(xs)
+
+    return train, forward, (xs,), "sdpa"
+
+
 def systems_for(cell: str) -> list[str]:
     """Names of every system that can run the family `cell` on this backend: seqjax
     as configured by default (on CPU the fused kernel, on GPU the unrolled scan, where the
     cell allows), seqjax's other paths (the measurements behind the defaults; the
     scan without unrolling and cuDNN on GPU only), then the peers that have it
     (`jax.experimental.rnn` on GPU, for the LSTM)."""
+    if cell in ATTENTION_SYSTEMS:
+        return list(ATTENTION_SYSTEMS[cell])
     gpu = jax.default_backend() == "gpu"
     names = [n for n in SEQJAX_VARIANTS if gpu or n not in GPU_ONLY]
     flax_cells = PEER_CELLS["flax"].get(cell, ())
@@ -324,7 +411,14 @@ def build(job: Job, threads: int):
     lacks the cell. Raises ImportError when the system's library is missing, and
     `Unavailable` when it cannot run the job here."""
     name = job.system
-    if name in SEQJAX_VARIANTS:
+    if job.cell in ATTENTION_SYSTEMS:
+        builders = {
+            "seqjax": seqjax_transformer_system,
+            "flax_linen": flax_transformer_system,
+            "torch": lambda job: torch_transformer_system(job, threads),
+        }
+        built = builders[name](job)
+    elif name in SEQJAX_VARIANTS:
         built = seqjax_system(job, **SEQJAX_VARIANTS[name])
     elif name == "jax_cudnn":
         built = jax_cudnn_system(job)

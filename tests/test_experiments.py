@@ -188,6 +188,9 @@ def test_throughput_benchmark_runs_and_reports(tmp_path):
         "--scale_batches=",
         "--scale_systems=seqjax",
         "--scale_cell=gru",
+        "--transformer_configs=TS=2x6x4x1",
+        "--transformer_heads=2",
+        "--transformer_mlp=8",
         f"--workdir={tmp_path}",
     ]
     out = subprocess.run(
@@ -196,13 +199,16 @@ def test_throughput_benchmark_runs_and_reports(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     timed = [r for r in rows if "median_ms" in r]
-    # gru: 2 systems x 2 stacks x 2 modes; indrnn: seqjax's x 2 stacks x 2 modes; one scaling job.
-    assert len(timed) == 13
+    # gru: 2 systems x 2 stacks x 2 modes; indrnn: seqjax's x 2 stacks x 2 modes; one scaling job;
+    # the Transformer: seqjax's x 2 modes.
+    assert len(timed) == 15
     assert all(r["median_ms"] > 0 for r in timed)
     assert all((r["gflops"] is None) == (r["cell"] == "indrnn") for r in timed)  # indrnn has no dense gates
+    assert {r["path"] for r in timed if r["cell"] == "transformer"} == {"tiled"}
     assert {r["system"] for r in timed} == {"seqjax", "flax_linen_GRUCell"}
     report = (tmp_path / "results.md").read_text()
     assert "| gru | seqjax |" in report and "| indrnn | seqjax |" in report
+    assert "| transformer | seqjax | tiled |" in report
     assert "layers 2bi, train" in report and "Scaling" in report
 
 
