@@ -325,13 +325,15 @@ def torch_system(job: Job, threads: int):
 
 def seqjax_transformer_system(job: Job):
     """seqjax's Transformer: input projection, pre-LN causal blocks, final LayerNorm."""
-    from seqjax.models.transformer import Transformer
+    from seqjax.models.transformer import SMALL_SCORES, Transformer
 
     model = Transformer(
         job.hidden_size, job.num_heads, job.num_layers, input_size=job.input_size, mlp_dim=job.mlp_dim,
         positional="none",
     )  # fmt: skip
-    path = "tiled" if jax.default_backend() == "cpu" else "dot_product_attention"
+    scores = job.batch * job.num_heads * job.time**2
+    tiled = jax.default_backend() == "cpu" and scores > SMALL_SCORES
+    path = "tiled" if tiled else "dot_product_attention"
     return _jax_steps(lambda p, xs: model.apply(p, xs)[0], model.init(jax.random.key(0)), job, path)
 
 

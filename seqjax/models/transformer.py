@@ -130,7 +130,7 @@ def _dropout(x: Array, rate: float, key: Array | None) -> Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-_SMALL_SCORES = 2**18  # b * n * t * s at or below which the tiles do not pay (measured on CPU)
+SMALL_SCORES = 2**18  # b * n * t * s at or below which the tiles do not pay (measured on CPU)
 
 
 def attention(
@@ -171,7 +171,7 @@ def attention(
     """
     b, t, n, d = q.shape
     s = k.shape[1]
-    if block_size is None and (jax.default_backend() != "cpu" or b * n * t * s <= _SMALL_SCORES):
+    if block_size is None and (jax.default_backend() != "cpu" or b * n * t * s <= SMALL_SCORES):
         return jax.nn.dot_product_attention(
             q, k, v, is_causal=is_causal, key_value_seq_lengths=key_value_seq_lengths
         )
