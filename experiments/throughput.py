@@ -48,7 +48,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import run_config, user_modules
-from experiments.throughput_systems import CELLS, Job, Unavailable, build, systems_for
+from experiments.throughput_systems import ATTENTION_SYSTEMS, CELLS, Job, Unavailable, build, systems_for
 from seqjax import registry
 
 FLAGS = flags.FLAGS
@@ -106,7 +106,7 @@ def _time_calls(fn, args, repeats: int, is_torch: bool) -> tuple[float, list[flo
         out = fn(*args)
         if not is_torch:
             jax.block_until_ready(out)
-        elif _torch_on_gpu():
+        elif _on_gpu():
             import torch
 
             torch.cuda.synchronize()
@@ -124,7 +124,7 @@ def _time_calls(fn, args, repeats: int, is_torch: bool) -> tuple[float, list[flo
     return first, times
 
 
-def _torch_on_gpu() -> bool:
+def _on_gpu() -> bool:
     import jax
 
     return jax.default_backend() == "gpu"
@@ -187,7 +187,7 @@ def run_worker(jobs: list[dict], repeats: int, threads: int) -> None:
             max_ms=1e3 * max(times),
             compile_s=max(first - median, 0.0),
             # Host memory: meaningless for a job that runs on a GPU.
-            peak_mib=None if _torch_on_gpu() else max(_rss_peak() - baseline, 0) / 2**20,
+            peak_mib=None if _on_gpu() else max(_rss_peak() - baseline, 0) / 2**20,
             tokens_per_s=job.batch * job.time / median,
             gflops=None if flops is None else flops / median / 1e9,
         )
@@ -232,7 +232,7 @@ def check_flags() -> None:
     _check_subset("modes", FLAGS.modes, ["train", "forward"], allow_empty=True)
     _check_subset("malloc", FLAGS.malloc, ["default", "tuned"])
     _check_subset("dtypes", FLAGS.dtypes, ["float32", "bfloat16"])
-    families = [*FLAGS.cells, *(["transformer"] if FLAGS.transformer_configs else [])]
+    families = [*FLAGS.cells, *(ATTENTION_SYSTEMS if FLAGS.transformer_configs else [])]
     systems = sorted({s for cell in families for s in systems_for(cell)})
     if FLAGS.systems is not None:
         _check_subset("systems", FLAGS.systems, systems)
@@ -274,15 +274,15 @@ def _jobs() -> list[dict]:
                             jobs.append(
                                 {**dataclasses.asdict(job), "mode": mode, "config": name, "stack": stack}
                             )
-    for text in FLAGS.transformer_configs:
+    for family, text in ((f, c) for f in ATTENTION_SYSTEMS for c in FLAGS.transformer_configs):
         name, (b, t, m, layers) = _parse_config(text)
-        for system in systems_for("transformer"):
+        for system in systems_for(family):
             if FLAGS.systems and system not in FLAGS.systems:
                 continue
             for mode in FLAGS.modes:
                 for dtype in FLAGS.dtypes:
                     job = Job(
-                        system, "transformer", b, t, m, m, layers, dtype=dtype,
+                        system, family, b, t, m, m, layers, dtype=dtype,
                         num_heads=FLAGS.transformer_heads, mlp_dim=FLAGS.transformer_mlp,
                     )  # fmt: skip
                     labels = {"mode": mode, "config": name, "stack": str(layers)}
