@@ -46,7 +46,7 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh
 
-from experiments import run_config, user_modules
+from experiments import run_config, statistics, user_modules
 from seqjax import registry
 from seqjax.models import SequenceModel, count_params
 from seqjax.models.transformer import Positional
@@ -73,11 +73,26 @@ flags.DEFINE_list(
 flags.DEFINE_list(
     "lengths", None, "Task lengths (the delay T for the copy task, the sequence length elsewhere)."
 )
-flags.DEFINE_list("seeds", ["0"], "Seeds; all of them train together in one program.")
+flags.DEFINE_list(
+    "task_options",
+    [],
+    "Fields of the experiment's task to change, key=value (Python literals), e.g. memory=10 (copy task).",
+)
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; all of them train together in one program.")
 flags.DEFINE_list("learning_rates", ["3e-3"], "Peak learning rates; trained together with the seeds.")
+flags.DEFINE_list(
+    "model_learning_rates",
+    None,
+    "Learning rates of particular models instead of --learning_rates, model=rate/rate, e.g. "
+    "transformer=3e-3/1e-2 (default: the experiment's, unless --learning_rates is given).",
+)
 flags.DEFINE_integer("steps", None, "Training steps.")
 flags.DEFINE_integer("batch_size", 64, "Examples per step.")
-flags.DEFINE_integer("hidden_size", 64, "Width of every model (the recurrent h; d_model of the Transformer).")
+flags.DEFINE_integer(
+    "hidden_size",
+    None,
+    "Width of every model (the recurrent h; d_model of the Transformer); the experiment's default if unset.",
+)
 flags.DEFINE_integer("num_layers", 1, "Layers of every model (the experiment's default if unset).")
 flags.DEFINE_integer("num_heads", 4, "Attention heads: the num_heads option of every family that has it.")
 flags.DEFINE_enum(
@@ -93,6 +108,17 @@ flags.DEFINE_integer("log_every", None, "Steps between metric lines (one compile
 flags.DEFINE_integer("eval_every", None, "Steps between evaluations; a multiple of log_every.")
 flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints; a multiple of log_every (0: off).")
 flags.DEFINE_boolean("resume", False, "Continue each group from its latest checkpoint in --workdir.")
+flags.DEFINE_boolean(
+    "early_stopping",
+    True,
+    "Freeze each run at the first evaluation where its validation accuracy reaches the experiment's "
+    "solved threshold; a group stops once all its runs are frozen.",
+)
+flags.DEFINE_integer(
+    "patience",
+    None,
+    "Also freeze a run after this many evaluations without a lower validation loss (unset: off).",
+)
 flags.DEFINE_enum("optimizer", "adam", [o.value for o in Optimizer], "Update rule (training.Optimizer).")
 flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0: no clipping).")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW with adam).")
@@ -138,10 +164,13 @@ class Experiment:
       variants: extra tasks, by name, to evaluate the trained models on (e.g. the
         sparse and dense flip-flop mixes).
       learning_rates: default peak learning rates.
+      model_learning_rates: default rates of particular models, `"spec=rate/rate"`
+        (see `--model_learning_rates`), e.g. a Transformer's lower ones.
       eval_lengths: default extra lengths to evaluate at (generalisation).
       eval_task: `train_length -> task` used at those lengths (default: the task),
         e.g. parity scored on strings longer than any seen in training.
       num_layers: default depth of every model.
+      hidden_size: default width of every model.
       x_axis: `(label, length -> value)`: what accuracy_vs_length.png plots
         accuracy against (the length if None), e.g. MQAR's number of pairs.
     """
@@ -153,9 +182,11 @@ class Experiment:
     solved_accuracy: float = 0.99
     variants: tuple[tuple[str, Any], ...] = ()
     learning_rates: tuple[float, ...] = (3e-3,)
+    model_learning_rates: tuple[str, ...] = ()
     eval_lengths: tuple[int, ...] = ()
     eval_task: Callable[[int], Any] | None = None
     num_layers: int = 1
+    hidden_size: int = 64
     x_axis: tuple[str, Callable[[int], float]] | None = None
 
 
@@ -168,6 +199,8 @@ class Settings:
     seeds: tuple[int, ...]
     learning_rates: tuple[float, ...]
     steps: int
+    task_options: tuple[str, ...] = ()
+    model_learning_rates: tuple[str, ...] = ()
     batch_size: int = 64
     hidden_size: int = 64
     num_layers: int = 1
@@ -181,6 +214,8 @@ class Settings:
     eval_every: int = 250
     checkpoint_every: int = 500
     resume: bool = False
+    early_stopping: bool = True
+    patience: int | None = None
     optimizer: str = "adam"
     clip_norm: float = 1.0
     weight_decay: float = 0.0
@@ -236,9 +271,50 @@ def label(spec: str) -> str:
     return spec.replace(":", "_")
 
 
+def with_task_options(experiment: Experiment, options: Sequence[str]) -> Experiment:
+    """The experiment with its task's fields changed by `"key=value"` options (values
+    are Python literals); a ValueError names a field the task does not have, or a
+    value it refuses."""
+    if not options:
+        return experiment
+    pairs = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task_options are key=value, e.g. memory=10; got {option!r}")
+        pairs[key.strip()] = _literal(value)
+    fields = {f.name for f in dataclasses.fields(experiment.task)}
+    unknown = [name for name in pairs if name not in fields]
+    if unknown:
+        raise ValueError(
+            f"--task_options: the {experiment.task.name} task has no field {', '.join(unknown)}; "
+            f"its fields are {', '.join(sorted(fields)) or 'none'}"
+        )
+    try:
+        task = dataclasses.replace(experiment.task, **pairs)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"--task_options: {error}") from None
+    return dataclasses.replace(experiment, task=task)
+
+
+def _model_learning_rates(experiment: Experiment, models: Sequence[str]) -> tuple[str, ...]:
+    """--model_learning_rates if given; else the experiment's, for the models that
+    --models names, unless --learning_rates is given (then it is every model's)."""
+    if FLAGS.model_learning_rates is not None:
+        return tuple(FLAGS.model_learning_rates)
+    if FLAGS["learning_rates"].present:
+        return ()
+    return tuple(e for e in experiment.model_learning_rates if e.rpartition("=")[0] in models)
+
+
 def settings_from_flags(experiment: Experiment) -> Settings:
     """Reads and checks the flags, before anything is compiled."""
     models = tuple(m.strip() for m in FLAGS.models)
+    task_options = tuple(o.strip() for o in FLAGS.task_options)
+    try:
+        experiment = with_task_options(experiment, task_options)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     # An unset flag takes the experiment's default; a flag given as 0 is an error, not unset.
     steps = experiment.steps if FLAGS.steps is None else FLAGS.steps
     log_every = min(50, steps) if FLAGS.log_every is None else FLAGS.log_every
@@ -250,12 +326,14 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         models=models,
         lengths=experiment.lengths if FLAGS.lengths is None else _parse(FLAGS.lengths, int, "lengths"),
         seeds=_parse(FLAGS.seeds, int, "seeds"),
+        task_options=task_options,
+        model_learning_rates=_model_learning_rates(experiment, models),
         learning_rates=_parse(FLAGS.learning_rates, float, "learning_rates")
         if FLAGS["learning_rates"].present
         else experiment.learning_rates,
         steps=steps,
         batch_size=FLAGS.batch_size,
-        hidden_size=FLAGS.hidden_size,
+        hidden_size=experiment.hidden_size if FLAGS.hidden_size is None else FLAGS.hidden_size,
         num_layers=FLAGS.num_layers if FLAGS["num_layers"].present else experiment.num_layers,
         num_heads=FLAGS.num_heads,
         positional=FLAGS.positional,
@@ -269,6 +347,8 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         eval_every=eval_every,
         checkpoint_every=checkpoint_every,
         resume=FLAGS.resume,
+        early_stopping=FLAGS.early_stopping,
+        patience=FLAGS.patience,
         optimizer=FLAGS.optimizer,
         clip_norm=FLAGS.clip_norm,
         weight_decay=FLAGS.weight_decay,
@@ -277,49 +357,96 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         run_devices=FLAGS.run_devices,
         tbptt=FLAGS.tbptt,
     )
-    try:  # build every model and config once, so that bad values fail before compiling
-        for name in ("models", "lengths", "seeds", "learning_rates"):
-            if not getattr(settings, name):
-                raise ValueError(f"--{name} must name at least one; got none")
-        for seed in settings.seeds:
-            if not 0 <= seed < 2**31:
-                raise ValueError(f"--seeds must be ints in [0, 2**31); got {seed}")
-        for lr in settings.learning_rates:
-            check_real(lr, "--learning_rates", 0.0, math.inf, low_open=True)
-        check_real(settings.clip_norm, "--clip_norm (0: off)", 0.0, math.inf)
-        check_positive_int(settings.num_heads, "--num_heads")
-        if len(set(models)) != len(models):
-            raise ValueError(f"--models lists a model twice: {','.join(models)}")
-        for length in settings.lengths + settings.eval_lengths:
-            jax.eval_shape(lambda key, n=length: experiment.task.sample(key, 1, n), jax.random.key(0))
-        for length in settings.lengths:
-            config = _train_config(settings, length)
-            if config.tbptt is not None:  # a state to carry, with room for the whole sequence
-                room = num_windows(experiment.task, config) * config.tbptt
-                for spec in settings.models:
-                    try:
-                        jax.eval_shape(
-                            lambda s=spec, n=room: _model(experiment, settings, s).initial_state(1, max_len=n)
-                        )
-                    except ValueError as error:
-                        raise ValueError(f"--tbptt with --models={spec}: {error}") from None
-        for flag, spec in [("models", m) for m in settings.models] + [
-            ("match_reference", settings.match_reference)
-        ]:
-            try:
-                _model(experiment, settings, spec)
-            except (ValueError, TypeError) as error:
-                raise ValueError(f"--{flag}: {error}") from None
-        mesh = _mesh(settings)
-        if mesh is not None:
-            num_runs = len(settings.seeds) * len(settings.learning_rates)
-            distributed.check_divisible(mesh, num_runs, settings.batch_size)
+    try:
+        check_settings(experiment, settings)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     return settings
 
 
-def _train_config(settings: Settings, length: int) -> TrainConfig:
+def check_settings(experiment: Experiment, settings: Settings) -> None:
+    """Builds every model, task batch and config of the sweep once, abstractly, so that
+    a bad value is a ValueError naming its flag before anything compiles."""
+    experiment = with_task_options(experiment, settings.task_options)
+    models = settings.models
+    for name in ("models", "lengths", "seeds", "learning_rates"):
+        if not getattr(settings, name):
+            raise ValueError(f"--{name} must name at least one; got none")
+    for seed in settings.seeds:
+        if not 0 <= seed < 2**31:
+            raise ValueError(f"--seeds must be ints in [0, 2**31); got {seed}")
+    for lr in settings.learning_rates:
+        check_real(lr, "--learning_rates", 0.0, math.inf, low_open=True)
+    for spec in model_learning_rates(settings):
+        if spec not in settings.models:
+            raise ValueError(f"--model_learning_rates names {spec!r}, which --models does not")
+    check_real(settings.clip_norm, "--clip_norm (0: off)", 0.0, math.inf)
+    check_positive_int(settings.num_heads, "--num_heads")
+    if settings.patience is not None:
+        check_positive_int(settings.patience, "--patience (unset: off)")
+    if len(set(models)) != len(models):
+        raise ValueError(f"--models lists a model twice: {','.join(models)}")
+    key = jax.random.key(0)
+    for length in settings.lengths:
+        try:
+            jax.eval_shape(lambda k, n=length: experiment.task.sample(k, 1, n), key)
+        except ValueError as error:
+            raise ValueError(f"--lengths: {error}") from None
+        eval_task = experiment.eval_task(length) if experiment.eval_task else experiment.task
+        for eval_length in settings.eval_lengths:
+            try:
+                jax.eval_shape(lambda k, n=eval_length, t=eval_task: t.sample(k, 1, n), key)
+            except ValueError as error:
+                raise ValueError(f"--eval_lengths (after training at length {length}): {error}") from None
+    for length in settings.lengths:
+        config = _train_config(settings, length, experiment.solved_accuracy)
+        if config.tbptt is not None:  # a state to carry, with room for the whole sequence
+            room = num_windows(experiment.task, config) * config.tbptt
+            for spec in settings.models:
+                try:
+                    jax.eval_shape(
+                        lambda s=spec, n=room: _model(experiment, settings, s).initial_state(1, max_len=n)
+                    )
+                except ValueError as error:
+                    raise ValueError(f"--tbptt with --models={spec}: {error}") from None
+    for flag, spec in [("models", m) for m in settings.models] + [
+        ("match_reference", settings.match_reference)
+    ]:
+        try:
+            _model(experiment, settings, spec)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"--{flag}: {error}") from None
+    mesh = _mesh(settings)
+    if mesh is not None:
+        for spec in settings.models:
+            num_runs = len(settings.seeds) * len(learning_rates_of(settings, spec))
+            distributed.check_divisible(mesh, num_runs, settings.batch_size)
+
+
+def model_learning_rates(settings: Settings) -> dict[str, tuple[float, ...]]:
+    """`--model_learning_rates` as {model spec: rates} (a ValueError names a bad entry)."""
+    rates = {}
+    for entry in settings.model_learning_rates:
+        spec, sep, values = entry.rpartition("=")
+        try:
+            rates[spec] = tuple(float(v) for v in values.split("/"))
+        except ValueError:
+            spec = ""
+        if not sep or not spec:
+            raise ValueError(
+                f"--model_learning_rates are model=rate/rate, e.g. transformer=3e-3/1e-2; got {entry!r}"
+            )
+        for lr in rates[spec]:
+            check_real(lr, f"--model_learning_rates of {spec}", 0.0, math.inf, low_open=True)
+    return rates
+
+
+def learning_rates_of(settings: Settings, spec: str) -> tuple[float, ...]:
+    """The learning rates the model `spec` trains with."""
+    return model_learning_rates(settings).get(spec, settings.learning_rates)
+
+
+def _train_config(settings: Settings, length: int, solved_accuracy: float) -> TrainConfig:
     warmup = settings.warmup_steps
     return TrainConfig(
         length=length,
@@ -333,6 +460,8 @@ def _train_config(settings: Settings, length: int) -> TrainConfig:
         eval_every=settings.eval_every,
         checkpoint_every=settings.checkpoint_every,
         tbptt=settings.tbptt,
+        stop_accuracy=solved_accuracy if settings.early_stopping else None,
+        patience=settings.patience,
     )
 
 
@@ -411,6 +540,7 @@ def run(experiment: Experiment, settings: Settings) -> list[dict]:
     of a multi-process job); returns the rows. The summary files are rewritten after
     every (model, length) group, so a group that stops (`NonFiniteError`, a crash)
     leaves the finished ones on disk; the workdir is locked while it runs."""
+    experiment = with_task_options(experiment, settings.task_options)
     workdir = pathlib.Path(settings.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     writer = jax.process_index() == 0
@@ -423,8 +553,10 @@ def _run(experiment: Experiment, settings: Settings, workdir: pathlib.Path, writ
     families = [parse_model(spec)[0] for spec in (*settings.models, settings.match_reference)]
     run_config.write(workdir, experiment.name, dataclasses.asdict(settings), families)
     task, rows, curves = experiment.task, [], {}
-    runs = list(itertools.product(settings.seeds, settings.learning_rates))
-    seeds, lrs = [s for s, _ in runs], [lr for _, lr in runs]
+    runs = {
+        spec: list(itertools.product(settings.seeds, learning_rates_of(settings, spec)))
+        for spec in settings.models
+    }
     models = {
         spec: matched_model(experiment, settings, spec)
         if settings.match_params
@@ -432,16 +564,22 @@ def _run(experiment: Experiment, settings: Settings, workdir: pathlib.Path, writ
         for spec in settings.models
     }
     groups = [
-        (spec, length, _train_config(settings, length), workdir / f"{label(spec)}_len{length}")
+        (
+            spec,
+            length,
+            _train_config(settings, length, experiment.solved_accuracy),
+            workdir / f"{label(spec)}_len{length}",
+        )
         for spec, length in itertools.product(settings.models, settings.lengths)
     ]
     if settings.resume:  # every group's checkpoint against this command, before anything compiles
         for spec, _, config, group in groups:
-            record = checkpoints.run_record(models[spec], task, config, seeds, lrs)
+            record = checkpoints.run_record(models[spec], task, config, *zip(*runs[spec], strict=True))
             checkpoints.check_resumable(group, record, config)
     for spec, length, config, group in groups:
         model = models[spec]
         start = time.perf_counter()
+        seeds, lrs = zip(*runs[spec], strict=True)
         state, history = train(
             model,
             task,
@@ -454,48 +592,13 @@ def _run(experiment: Experiment, settings: Settings, workdir: pathlib.Path, writ
             on_nonfinite=settings.on_nonfinite,
         )
         seconds = time.perf_counter() - start
-        extra = {}
-        eval_task = experiment.eval_task(length) if experiment.eval_task else task
-        # Compiles once per length (a static argument).
-        evaluate = make_evaluate(model, eval_task, config, mesh)
-        for eval_length in settings.eval_lengths:
-            extra[f"accuracy_at_{eval_length}"] = jax.device_get(
-                evaluate(state.params, state.seed, eval_length)
-            )[1]
-        for name, variant in experiment.variants:
-            evaluate_variant = make_evaluate(model, variant, config, mesh)
-            extra[f"accuracy_{name}"] = jax.device_get(evaluate_variant(state.params, state.seed, length))[1]
-        baseline = task.baseline(length)
-        params = _num_params(model)
-        for r, (seed, lr) in enumerate(runs):
-            lines = [line for line in history if line["run"] == r]
-            evals = [line for line in lines if "eval_accuracy" in line]
-            solved_at = next(
-                (e["step"] for e in evals if e["eval_accuracy"] >= experiment.solved_accuracy), None
-            )
-            curves[(spec, length, seed, lr)] = [(e["step"], e["eval_loss"]) for e in evals]
-            rows.append(
-                {
-                    "model": spec,
-                    "length": length,
-                    "seed": seed,
-                    "learning_rate": lr,
-                    "steps": settings.steps,
-                    "hidden_size": model.hidden_size,
-                    "final_loss": evals[-1]["eval_loss"],
-                    "accuracy": evals[-1]["eval_accuracy"],
-                    "baseline_loss": baseline.loss,
-                    "baseline_accuracy": baseline.accuracy,
-                    "solved": solved_at is not None
-                    and evals[-1]["eval_accuracy"] >= experiment.solved_accuracy,
-                    "steps_to_solve": solved_at,
-                    "params": params,
-                    "seconds": seconds,
-                    "tokens_per_second": float(np.median([line["tokens_per_second"] for line in lines])),
-                    "failed": any(line.get("failed", False) for line in lines),
-                    **{k: float(v[r]) for k, v in extra.items()},
-                }
-            )
+        rows += _rows(experiment, settings, spec, length, config, model, state, history, mesh, seconds)
+        for r, (seed, lr) in enumerate(runs[spec]):
+            curves[(spec, length, seed, lr)] = [
+                (line["step"], line["eval_loss"])
+                for line in history
+                if line["run"] == r and "eval_loss" in line
+            ]
         if writer:  # after every group: a later failure loses none of these
             write_summary(workdir, rows)
             (workdir / "results.md").write_text(markdown_table(rows) + "\n")
@@ -503,6 +606,56 @@ def _run(experiment: Experiment, settings: Settings, workdir: pathlib.Path, writ
         table = markdown_table(rows)
         plot(workdir, experiment, rows, curves)
         print(f"\n{experiment.name}: results in {workdir}\n\n{table}\n")
+    return rows
+
+
+def _rows(experiment, settings, spec, length, config, model, state, history, mesh, seconds) -> list[dict]:
+    """One summary row per run of a trained group: its validation figures (the last
+    evaluation of training) and its test figures, scored here on the test stream."""
+    task, extra = experiment.task, {}
+
+    def scored(on_task, at_length):  # (loss [R], accuracy [R]); compiles per task and length
+        evaluate = make_evaluate(model, on_task, config, mesh, split="test")
+        return jax.device_get(evaluate(state.params, state.seed, at_length))
+
+    test = scored(task, length)
+    # Generalisation and variants are scored on the test stream too.
+    eval_task = experiment.eval_task(length) if experiment.eval_task else task
+    for eval_length in settings.eval_lengths:
+        extra[f"accuracy_at_{eval_length}"] = scored(eval_task, eval_length)[1]
+    for name, variant in experiment.variants:
+        extra[f"accuracy_{name}"] = scored(variant, length)[1]
+    baseline, params, rows = task.baseline(length), _num_params(model), []
+    for r in range(len(state.seed)):
+        lines = [line for line in history if line["run"] == r]
+        evals = [line for line in lines if "eval_accuracy" in line]
+        solved_at = next((e["step"] for e in evals if e["eval_accuracy"] >= experiment.solved_accuracy), None)
+        stop = next((line for line in lines if "stopped" in line), None)
+        rows.append(
+            {
+                "model": spec,
+                "length": length,
+                "seed": lines[0]["seed"],
+                "learning_rate": lines[0]["learning_rate"],
+                "steps": settings.steps,
+                "hidden_size": model.hidden_size,
+                "test_loss": float(test[0][r]),
+                "test_accuracy": float(test[1][r]),
+                "val_loss": evals[-1]["eval_loss"],
+                "val_accuracy": evals[-1]["eval_accuracy"],
+                "baseline_loss": baseline.loss,
+                "baseline_accuracy": baseline.accuracy,
+                "solved": bool(test[1][r] >= experiment.solved_accuracy),
+                "steps_to_solve": solved_at,
+                "stopped_at": stop and stop["step"],
+                "stop_reason": stop and stop["stopped"],
+                "params": params,
+                "seconds": seconds,
+                "tokens_per_second": float(np.median([line["tokens_per_second"] for line in lines])),
+                "failed": any(line.get("failed", False) for line in lines),
+                **{k: float(v[r]) for k, v in extra.items()},
+            }
+        )
     return rows
 
 
@@ -518,56 +671,102 @@ def write_summary(workdir: pathlib.Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def _group(row: dict) -> tuple:
+    """The rows one learning rate is chosen for: a model (at a width) and a length."""
+    return row["model"], row["hidden_size"], row["length"]
+
+
+def selected(rows: list[dict]) -> list[dict]:
+    """The rows of each group's learning rate chosen on validation (all, with one rate)."""
+    best = statistics.best_learning_rates(rows, _group)
+    return [row for row in rows if row["learning_rate"] == best[_group(row)]]
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """model x length (x learning rate): means over seeds, solved counts."""
+    """model x length at each model's learning rate chosen on validation: test
+    figures as mean ± 95% t interval over seeds, solved and early-stopped counts; with
+    several rates, then every rate's validation accuracy."""
     extra = [k for k in rows[0] if k.startswith("accuracy_")] if rows else []
-    head = ["model", "length", "lr", "final loss", "accuracy", "baseline loss", "baseline acc", "solved"]
-    head += ["steps to solve", "params", "time (s)", *extra]
+    head = ["model", "length", "lr", "test accuracy", "test loss", "baseline acc", "solved", "steps to solve"]
+    head += ["stopped", "params", "time (s)", *extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[tuple, list[dict]] = {}
-    for row in rows:
+    for row in selected(rows):
         groups.setdefault((row["model"], row["length"], row["learning_rate"]), []).append(row)
     for (model, length, lr), group in groups.items():
-        solved = [r["steps_to_solve"] for r in group if r["solved"]]
+        solved = [r["steps_to_solve"] for r in group if r["solved"] and r["steps_to_solve"] is not None]
         cells = [
             model,
             str(length),
             f"{lr:g}",
-            f"{np.mean([r['final_loss'] for r in group]):.4f}",
-            f"{np.mean([r['accuracy'] for r in group]):.3f}",
-            f"{group[0]['baseline_loss']:.4f}",
+            statistics.format_interval([r["test_accuracy"] for r in group]),
+            statistics.format_interval([r["test_loss"] for r in group], 4),
             f"{group[0]['baseline_accuracy']:.3f}",
-            f"{len(solved)}/{len(group)}",
+            f"{sum(r['solved'] for r in group)}/{len(group)}",
             f"{np.mean(solved):.0f}" if solved else "-",
+            f"{sum(r['stopped_at'] is not None for r in group)}/{len(group)}",
             str(group[0]["params"]),
             f"{group[0]['seconds']:.0f}",
-            *(f"{np.mean([r[k] for r in group]):.3f}" for k in extra),
+            *(statistics.format_interval([r[k] for r in group]) for k in extra),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    rates = sorted({r["learning_rate"] for r in rows})
+    if len(rates) > 1:
+        lines += [
+            "",
+            "Validation accuracy per learning rate (mean over seeds; the table above uses the best):",
+            "",
+        ]
+        lines += ["| model | length | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |"]
+        lines += ["|" + "---|" * (2 + len(rates))]
+        means: dict[tuple, list[float]] = {}
+        for r in rows:
+            means.setdefault((r["model"], r["length"], r["learning_rate"]), []).append(r["val_accuracy"])
+        for model, length in dict.fromkeys((r["model"], r["length"]) for r in rows):
+            cells = [
+                f"{np.mean(means[model, length, lr]):.3f}" if (model, length, lr) in means else "-"
+                for lr in rates
+            ]
+            lines.append(f"| {model} | {length} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(workdir: pathlib.Path, experiment: Experiment, rows: list[dict], curves: dict) -> None:
-    """learning_curves.png (one panel per length) and accuracy_vs_length.png."""
+    """learning_curves.png (one panel per length: each model at its chosen learning
+    rate, the mean over seeds and the band from the lowest to the highest seed) and
+    accuracy_vs_length.png (test accuracy, mean and 95% interval over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    chosen = selected(rows)
     lengths = sorted({r["length"] for r in rows})
     models = list(dict.fromkeys(r["model"] for r in rows))
     colors = {m: f"C{i}" for i, m in enumerate(models)}
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.5 * len(lengths), 3.6), squeeze=False)
     for ax, length in zip(axes[0], lengths, strict=True):
-        for (model, curve_length, seed, lr), curve in curves.items():
-            if curve_length == length and curve:
-                steps, losses = zip(*curve, strict=True)
-                label = f"{model} lr={lr:g}" if seed == min(s for _, _, s, _ in curves) else None
-                ax.plot(steps, losses, color=colors[model], alpha=0.8, label=label)
+        for model in models:
+            group = [r for r in chosen if r["model"] == model and r["length"] == length]
+            seeds = [curves[(model, length, r["seed"], r["learning_rate"])] for r in group]
+            if not seeds or not seeds[0]:
+                continue
+            steps = [step for step, _ in seeds[0]]
+            losses = np.array([[np.nan if x is None else x for _, x in c] for c in seeds], np.float64)
+            ax.plot(
+                steps,
+                np.nanmean(losses, 0),
+                color=colors[model],
+                label=f"{model} lr={group[0]['learning_rate']:g}",
+            )
+            if len(seeds) > 1:
+                ax.fill_between(
+                    steps, np.nanmin(losses, 0), np.nanmax(losses, 0), color=colors[model], alpha=0.2
+                )
         ax.axhline(experiment.task.baseline(length).loss, color="k", linestyle="--", label="memoryless")
         ax.set_title(f"{experiment.name}, length {length}")
         ax.set_xlabel("step")
-        ax.set_ylabel("evaluation loss")
+        ax.set_ylabel("validation loss")
         ax.set_yscale("log")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
@@ -578,17 +777,19 @@ def plot(workdir: pathlib.Path, experiment: Experiment, rows: list[dict], curves
     label, x_of = experiment.x_axis or ("length", lambda n: n)
     xs = [x_of(n) for n in lengths]
     for model in models:
-        accuracies = [
-            [r["accuracy"] for r in rows if r["model"] == model and r["length"] == n] for n in lengths
+        spans = [
+            statistics.interval(
+                [r["test_accuracy"] for r in chosen if r["model"] == model and r["length"] == n]
+            )
+            for n in lengths
         ]
-        # Mean and spread over seeds.
         ax.errorbar(
-            xs, [np.mean(a) for a in accuracies], yerr=[np.std(a) for a in accuracies],
+            xs, [m for m, _ in spans], yerr=[0.0 if np.isnan(h) else h for _, h in spans],
             fmt="o-", capsize=3, color=colors[model], label=model,
         )  # fmt: skip
     ax.plot(xs, [experiment.task.baseline(n).accuracy for n in lengths], "k--", label="memoryless")
     ax.set_xlabel(label)
-    ax.set_ylabel("final accuracy")
+    ax.set_ylabel("test accuracy (95% interval over seeds)")
     ax.set_ylim(0, 1.02)
     ax.set_title(experiment.name)
     ax.legend(fontsize=8)
@@ -597,8 +798,9 @@ def plot(workdir: pathlib.Path, experiment: Experiment, rows: list[dict], curves
     plt.close(fig)
 
 
-def main(experiment: Experiment) -> None:
-    """Entry point of `python -m experiments.<name>`."""
+def main(experiment: Experiment, sweep: Callable[[Experiment, Settings], Any] | None = None) -> None:
+    """Entry point of `python -m experiments.<name>`: the flags, read and checked against
+    `experiment`, then `sweep(experiment, settings)` (default: `run`)."""
 
     def _main(argv):
         if len(argv) > 1:
@@ -618,7 +820,7 @@ def main(experiment: Experiment) -> None:
             distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         settings = settings_from_flags(experiment)
         try:
-            run(experiment, settings)
+            (sweep or run)(experiment, settings)
         except (NonFiniteError, checkpoints.ResumeError, checkpoints.WorkdirInUse) as error:
             logging.error("%s", error)
             sys.exit(1)

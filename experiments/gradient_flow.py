@@ -177,7 +177,8 @@ class ScaledInit:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.length < 2 or FLAGS.hidden_size < 4 or FLAGS.hidden_size % 4:
+    hidden_size = 64 if FLAGS.hidden_size is None else FLAGS.hidden_size
+    if FLAGS.length < 2 or hidden_size < 4 or hidden_size % 4:
         raise app.UsageError("--length must be >= 2 and --hidden_size a positive multiple of 4")
     if FLAGS.clip_steps < 10 or FLAGS.clip_steps % 10:
         raise app.UsageError(f"--clip_steps must be a positive multiple of 10; got {FLAGS.clip_steps}")
@@ -198,7 +199,7 @@ def main(argv):
         learning_rates=(1e-3,),
         steps=FLAGS.clip_steps,
         batch_size=FLAGS.batch_size,
-        hidden_size=FLAGS.hidden_size,
+        hidden_size=hidden_size,
         num_heads=FLAGS.num_heads,
         positional=FLAGS.positional,
         workdir=str(workdir),

@@ -11,7 +11,8 @@ Packages, from the bottom up:
                 and what runs a cell over time (`scan`, `cpu_kernel`, `paths`).
   models:       `Recurrent` layers over any cell and PyTorch's `RNN`/`LSTM`/`GRU`
                 (`layers`), the `Transformer`, and `SequenceModel` over any family.
-  data:         long-range dependency tasks generated in JAX (`tasks`).
+  data:         long-range dependency tasks (`tasks`) and the Chomsky-hierarchy tasks
+                (`chomsky`), generated in JAX.
   training:     vmapped training over seeds and learning rates, checkpoints, meshes.
   analysis:     gradient-flow diagnostics (`diagnostics`).
   interop:      PyTorch state_dicts (`torch_weights`), Flax linen and NNX wrappers.

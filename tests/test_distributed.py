@@ -75,6 +75,7 @@ def test_data_parallel_and_run_sharded_equal_one_device(tmp_path, reference):
     results = np.load(tmp_path / "out.npz")
     info = json.loads(str(results["info"]))
     batch, num_runs = worker.CONFIG.batch_size, len(worker.SEEDS)
+    assert [(h["run"], h["step"]) for h in reference[1] if "stopped" in h] == [(0, 2)]  # early stopping
 
     # Data parallel over 4 devices: the batch axis is split 4 ways, parameters replicated.
     data = info["data4"]

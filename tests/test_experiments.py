@@ -1,6 +1,7 @@
 """Smoke tests: each experiment runs end to end on a tiny sweep and writes its outputs."""
 
 import csv
+import dataclasses
 import importlib
 import json
 import pathlib
@@ -12,7 +13,8 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
-from experiments import common, user_modules
+from experiments import common, statistics, user_modules
+from seqjax import registry
 from seqjax.training import Optimizer
 
 TINY = dict(seeds=(0, 1), learning_rates=(1e-2,), steps=4, batch_size=4, hidden_size=8, num_heads=2)
@@ -25,10 +27,19 @@ CASES = [
     ("selective_copy", ("mingru",), (6,), ()),
     ("associative_recall", ("lru",), (16,), ()),
     ("flip_flop", ("lstm",), (8,), (12,)),
-    ("parity", ("transformer",), (4,), (6,)),
 ]
-COLUMNS = ["model", "length", "seed", "learning_rate", "steps", "final_loss", "accuracy", "baseline_loss"]
-COLUMNS += ["solved", "params", "seconds"]
+COLUMNS = [
+    "model",
+    "length",
+    "seed",
+    "learning_rate",
+    "steps",
+    "test_loss",
+    "test_accuracy",
+    "val_loss",
+    "val_accuracy",
+]
+COLUMNS += ["baseline_loss", "solved", "stopped_at", "stop_reason", "params", "seconds"]
 USER_CELLS = pathlib.Path(__file__).with_name("user_cells.py")
 TIMING = ("seconds", "tokens_per_second")
 
@@ -80,6 +91,80 @@ def test_experiment_runs_and_writes_outputs(name, models, lengths, eval_lengths,
         assert (tmp_path / f"{model}_len{lengths[0]}" / "metrics.jsonl").exists()
 
 
+def test_chomsky_experiment_scores_longer_inputs_and_writes_the_table(tmp_path, capsys):
+    from experiments import chomsky
+
+    settings = common.Settings(
+        models=("transformer",), lengths=(4,), eval_lengths=(7,), workdir=str(tmp_path), **TINY
+    )
+    rows = chomsky.run(["parity_check", "modular_arithmetic_brackets"], settings)
+    names = ["parity_check", "modular_arithmetic_brackets"]
+    assert [(r["task"], r["seed"]) for r in rows] == [(n, s) for n in names for s in (0, 1)]
+    assert all(0.0 <= r["accuracy_at_7"] <= 1.0 for r in rows)
+    table = (tmp_path / "results.md").read_text()
+    assert "| parity_check | R | 0.500 |" in table and "| 1.000 | 1.000 | 0.520 |" in table
+    assert "| modular_arithmetic_brackets | DCF | 0.200 |" in table and "0.325†" in table
+    assert (tmp_path / "chomsky.png").read_bytes()[:4] == b"\x89PNG"
+    assert (
+        tmp_path / "parity_check" / "summary.json"
+    ).exists() and "chomsky: results in" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--tasks: no task parity; the tasks are all, or even_pairs"):
+        chomsky.task_names(["parity"])
+    assert chomsky.task_names(["all"]) == list(chomsky.chomsky.CHOMSKY)
+    with pytest.raises(
+        ValueError, match=r"--eval_lengths .*the parity_check task must be an int >= 5; got 3"
+    ):
+        chomsky.run(["parity_check"], dataclasses.replace(settings, eval_lengths=(3,)))
+
+
+def test_zoology_grid_over_widths(tmp_path, capsys):
+    from experiments import zoology
+
+    settings = common.Settings(models=("gru",), lengths=(32,), workdir=str(tmp_path), **TINY)
+    settings = dataclasses.replace(settings, model_learning_rates=("gru=1e-2/3e-3",))
+    rows = zoology.run(zoology.EXPERIMENT, settings, (4, 8))
+    # Both rates of --model_learning_rates trained; the grid keeps the one chosen on validation.
+    trained = json.loads((tmp_path / "d4" / "summary.json").read_text())
+    assert sorted((r["seed"], r["learning_rate"]) for r in trained) == [
+        (0, 3e-3),
+        (0, 1e-2),
+        (1, 3e-3),
+        (1, 1e-2),
+    ]
+    assert [(r["width"], r["hidden_size"], r["length"]) for r in rows] == [(4, 4, 32)] * 2 + [(8, 8, 32)] * 2
+    table = (tmp_path / "results.md").read_text()
+    assert "| model | t=32 (2 pairs), d=4 | t=32 (2 pairs), d=8 |" in table
+    assert (tmp_path / "zoology.png").read_bytes()[:4] == b"\x89PNG" and (
+        tmp_path / "d8" / "summary.json"
+    ).exists()
+
+
+def test_intervals_against_the_t_table():
+    # Student's t: t_{0.975, 2} = 4.303 and t_{0.975, 9} = 2.262 (printed tables).
+    mean, half = statistics.interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.3027 / 3**0.5, rel=1e-4)
+    values = [0.5, 0.7, 0.6, 0.9, 0.4, 0.8, 0.6, 0.7, 0.5, 0.3]
+    sd = (sum((v - 0.6) ** 2 for v in values) / 9) ** 0.5
+    assert statistics.interval(values)[1] == pytest.approx(2.2622 * sd / 10**0.5, rel=1e-4)
+    assert statistics.interval([0.25])[0] == 0.25 and statistics.format_interval([0.25]) == "0.250"
+    assert statistics.format_interval([1.0, 1.0, 1.0]) == "1.000 ± 0.000"
+
+
+def test_the_table_reports_test_figures_at_the_rate_chosen_on_validation():
+    def row(lr, seed, val, test):
+        return dict(
+            model="lstm", length=5, hidden_size=8, learning_rate=lr, seed=seed, val_accuracy=val,
+            val_loss=1 - val, test_accuracy=test, test_loss=1 - test, baseline_accuracy=0.1, solved=False,
+            steps_to_solve=None, stopped_at=None, params=1, seconds=1.0,
+        )  # fmt: skip
+
+    # lr 0.1 is better on validation and worse on test: the table must show lr 0.1.
+    rows = [row(0.1, s, 0.8 + 0.01 * s, 0.3) for s in range(3)] + [row(0.01, s, 0.5, 0.9) for s in range(3)]
+    table = common.markdown_table(rows)
+    assert "| lstm | 5 | 0.1 | 0.300 ± 0.000 |" in table and "| lstm | 5 | 0.01 |" not in table
+    assert "| model | length | lr 0.01 | lr 0.1 |" in table and "| lstm | 5 | 0.500 | 0.810 |" in table
+
+
 def test_matched_parameter_counts(indrnn):
     experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
     settings = common.Settings(models=("lstm",), lengths=(5,), **{**TINY, "hidden_size": 32})
@@ -113,6 +198,7 @@ def test_a_user_family_trains_from_the_command_line_and_reruns_from_its_config(t
     args = ["--models=indrnn", "--lengths=3", "--seeds=0,1", "--steps=4", "--batch_size=4", "--hidden_size=8"]
     args += ["--log_every=2", "--eval_every=2", "--checkpoint_every=0", "--optimizer=sgd", "--clip_norm=0.5"]
     args += ["--warmup_steps=1", "--tbptt=5", f"--user_module={USER_CELLS}", f"--workdir={first}"]
+    args += ["--task_options=memory=2,alphabet=3", "--patience=1", "--learning_rates=1e-2"]
     out = subprocess.run(
         [sys.executable, "-m", "experiments.copy_task", *args], capture_output=True, text=True, timeout=600
     )
@@ -129,7 +215,8 @@ def test_a_user_family_trains_from_the_command_line_and_reruns_from_its_config(t
         common.apply_config(flags.FLAGS.config, experiment.name)
         settings = common.settings_from_flags(experiment)
     assert (settings.models, settings.seeds, settings.workdir) == (("indrnn",), (0, 1), str(again))
-    train_config = common._train_config(settings, 3)
+    assert settings.task_options == ("memory=2", "alphabet=3") and settings.patience == 1
+    train_config = common._train_config(settings, 3, experiment.solved_accuracy)
     assert (train_config.optimizer, train_config.clip_norm, train_config.warmup_steps) == (
         Optimizer.SGD,
         0.5,
@@ -283,3 +370,17 @@ def test_streaming_benchmark_runs_and_reports(tmp_path):
     report = (tmp_path / "results.md").read_text()
     assert "What the numbers say" in report and "| gru |" in report and "PyTorch peers: not run" in report
     assert (tmp_path / "streaming.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_zoology_full_is_the_papers_grid_where_flags_do_not_say_otherwise(monkeypatch):
+    from experiments import zoology
+
+    flags.FLAGS(["prog"])
+    seen = {}
+    monkeypatch.setattr(zoology, "run", lambda e, s, w: seen.update(experiment=e, settings=s, widths=w))
+    with flagsaver.as_parsed(full="true", steps="100"):
+        zoology._sweep(zoology.EXPERIMENT, common.settings_from_flags(zoology.EXPERIMENT))
+    settings = seen["settings"]
+    assert seen["widths"] == (64, 128, 256, 512) and settings.lengths == (64, 128, 256)
+    assert settings.steps == 100 and len(settings.learning_rates) == 4 and settings.learning_rates[0] == 1e-4
+    assert seen["experiment"].task.vocab_size == 8192 and set(settings.models) == set(registry.names())

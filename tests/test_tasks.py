@@ -120,17 +120,6 @@ def test_flip_flop(p_ignore):
     assert np.mean(x[:, 2::2] == 2) == pytest.approx(p_ignore, abs=0.03)
 
 
-def test_parity():
-    task = tasks.Parity()
-    batch = task.sample(KEY, 512, 12)
-    x, y, m, n = (np.asarray(a) for a in (batch.inputs, batch.targets, batch.eval_mask, batch.lengths))
-    assert n.min() >= 1 and n.max() <= 12 and len(set(n)) == 12
-    for row in range(512):
-        assert (x[row, : n[row]] <= 1).all() and (x[row, n[row] :] == 2).all()
-        assert m[row].sum() == 1 and m[row, n[row] - 1] == 1
-        assert y[row, n[row] - 1] == x[row, : n[row]].sum() % 2
-
-
 def test_bad_lengths():
     with pytest.raises(ValueError, match="length of the copy task must be an int >= 1"):
         tasks.Copy().sample(KEY, 2, 0)

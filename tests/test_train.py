@@ -1,13 +1,15 @@
 """Training engine: vmapped runs equal runs trained alone (kill-and-resume against an
 uninterrupted run is in test_robustness.py, with damaged checkpoints)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
 from seqjax.data import tasks
 from seqjax.models import SequenceModel
-from seqjax.training import TrainConfig, loss_and_metrics, train
+from seqjax.training import TrainConfig, loop, loss_and_metrics, train
 
 TASK = tasks.Copy(memory=3, alphabet=4)
 MODEL = SequenceModel("gru", output_size=TASK.output_size, hidden_size=8, vocab_size=TASK.vocab_size)
@@ -68,3 +70,108 @@ def test_config_errors():
         TrainConfig(length=4, log_every=5, eval_every=7)
     with pytest.raises(ValueError, match="seeds and learning_rates must pair up"):
         train(MODEL, TASK, CONFIG, [0, 1], [1e-2], "/tmp/unused")
+
+
+# ---------------------------------------------------------------- early stopping
+
+EVERY5 = dataclasses.replace(CONFIG, eval_every=5)
+RUNS = ([0, 1], [1e-2, 3e-3])
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """Two runs without early stopping, evaluated every 5 steps."""
+    with jax.numpy_dtype_promotion("standard"):
+        return train(MODEL, TASK, EVERY5, *RUNS, tmp_path_factory.mktemp("plain"))
+
+
+def _strip(lines):
+    """Metric lines without their wall-clock figures."""
+    return [{k: v for k, v in x.items() if k not in ("seconds", "tokens_per_second")} for x in lines]
+
+
+def _evals(history, run):
+    return [(line["step"], line["eval_accuracy"]) for line in history if line["run"] == run]
+
+
+@pytest.fixture(scope="module")
+def threshold(plain):
+    """`(accuracy, run, step)`: an accuracy that run `run` first reaches at `step` < 20
+    and the other run never reaches, in the plain runs."""
+    for run in (0, 1):
+        other = max(acc for _, acc in _evals(plain[1], 1 - run))
+        for i, (step, acc) in enumerate(_evals(plain[1], run)):
+            if step < 20 and acc > other and all(a < acc for _, a in _evals(plain[1], run)[:i]):
+                return acc, run, step
+    raise AssertionError("the plain runs offer no threshold that only one of them reaches")
+
+
+@pytest.fixture(scope="module")
+def early(plain, threshold, tmp_path_factory):
+    config = dataclasses.replace(EVERY5, stop_accuracy=threshold[0])
+    with jax.numpy_dtype_promotion("standard"):
+        return train(MODEL, TASK, config, *RUNS, tmp_path_factory.mktemp("early"))
+
+
+def test_early_stopping_freezes_a_solved_run_and_not_the_other(plain, threshold, early, tmp_path):
+    accuracy, run, step = threshold
+    state, history = early
+    (mark,) = [line for line in history if "stopped" in line]
+    assert (mark["run"], mark["step"], mark["stopped"]) == (run, step, "solved")
+    other = 1 - run
+    # The run that trains on is the plain run, bit for bit.
+    for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain[0].params), strict=True):
+        np.testing.assert_array_equal(x[other], y[other])
+    assert _strip(line for line in history if line["run"] == other) == _strip(
+        line for line in plain[1] if line["run"] == other
+    )
+    # The frozen run scores the same at every later evaluation, and is the run trained
+    # alone up to `step`: alone, every run of its group has stopped, so training ends there.
+    later = [acc for s, acc in _evals(history, run) if s >= step]
+    assert len(later) > 1 and len(set(later)) == 1
+    config = dataclasses.replace(EVERY5, stop_accuracy=accuracy)
+    alone, alone_history = train(MODEL, TASK, config, [RUNS[0][run]], [RUNS[1][run]], tmp_path)
+    assert max(line["step"] for line in alone_history) == step
+    assert alone_history[-1]["stopped"] == "solved"
+    assert (tmp_path / "checkpoints" / str(step)).exists()
+    assert_same_params(
+        jax.tree.map(lambda p: p[run], state.params), jax.tree.map(lambda p: p[0], alone.params), 1e-5
+    )
+    plain_before = [line["loss"] for line in plain[1] if line["run"] == run and line["step"] <= step]
+    np.testing.assert_allclose([line["loss"] for line in alone_history], plain_before, rtol=1e-5)
+
+
+def test_a_resumed_early_stopping_run_equals_an_uninterrupted_one(threshold, early, tmp_path):
+    config = dataclasses.replace(EVERY5, stop_accuracy=threshold[0])
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, lines):
+        if step == 15:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(MODEL, TASK, config, *RUNS, tmp_path, on_log=kill)
+    state, history = train(MODEL, TASK, config, *RUNS, tmp_path, resume=True)
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(early[0]), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert _strip(history) == _strip(early[1])
+
+
+@pytest.mark.parametrize(
+    ("losses", "patience", "expected"),
+    [
+        ([1.0, 0.9, 0.8], 1, None),  # improving
+        ([1.0, 0.9, 0.95], 1, "patience"),
+        ([1.0, 0.9, 0.95], 2, None),
+        ([1.0, 0.9, 0.95, 0.9], 2, "patience"),  # equal to the best is no improvement
+        ([1.0, None, 1.1], 2, "patience"),  # a non-finite loss never improves
+    ],
+)
+def test_patience_counts_evaluations_since_the_lowest_validation_loss(losses, patience, expected):
+    config = dataclasses.replace(CONFIG, patience=patience)
+    history = [{"run": 0, "eval_loss": x, "eval_accuracy": 0.0} for x in losses[:-1]]
+    history += [{"run": 1, "eval_loss": 0.0, "eval_accuracy": 0.0}]  # another run's lines do not count
+    line = {"run": 0, "eval_loss": losses[-1], "eval_accuracy": 0.0}
+    assert loop._stop_reason(config, history, line) == expected

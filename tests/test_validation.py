@@ -20,7 +20,7 @@ from absl.testing import flagsaver
 import seqjax
 from experiments import common
 from seqjax import registry
-from seqjax.data import tasks
+from seqjax.data import chomsky, tasks
 from seqjax.models import Recurrent, SequenceModel, Transformer
 from seqjax.recurrences import cells
 from seqjax.training import TrainConfig, train
@@ -548,7 +548,7 @@ def test_tasks():
         ),
         (
             "parity min_length 0",
-            lambda: tasks.Parity(min_length=0),
+            lambda: chomsky.ParityCheck(min_length=0),
             ValueError,
             "min_length must be a positive int",
         ),
@@ -707,6 +707,19 @@ EXPERIMENT_FLAGS = [  # as a command line gives them
     (dict(warmup_steps="-5"), "warmup_steps must be an int >= 0"),
     (dict(match_params="true", match_reference="hyena"), "--match_reference: unknown model family"),
     (dict(run_devices="0"), "runs must be a positive divisor"),
+    (
+        dict(task_options="memroy=3"),
+        "--task_options: the copy task has no field memroy; its fields are alphabet, memory",
+    ),
+    (dict(task_options="memory=0"), "--task_options: memory must be a positive int; got 0"),
+    (dict(task_options="memory"), "--task_options are key=value"),
+    (
+        dict(model_learning_rates="mamba=1e-3"),
+        "--model_learning_rates names 'mamba', which --models does not",
+    ),
+    (dict(model_learning_rates="gru=x"), "--model_learning_rates are model=rate/rate"),
+    (dict(model_learning_rates="gru=-1"), "--model_learning_rates of gru must be a finite number > 0"),
+    (dict(patience="0"), r"--patience \(unset: off\) must be a positive int; got 0"),
 ]
 
 

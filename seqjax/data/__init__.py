@@ -1,5 +1,6 @@
-"""Data: long-range dependency tasks generated on the fly in JAX (`tasks`)."""
+"""Data: long-range dependency tasks (`tasks`) and the Chomsky-hierarchy tasks (`chomsky`),
+generated on the fly in JAX."""
 
-from seqjax.data import tasks
+from seqjax.data import chomsky, tasks
 
-__all__ = ["tasks"]
+__all__ = ["chomsky", "tasks"]

@@ -349,50 +349,7 @@ class FlipFlop:
         return Baseline(math.log(2), 0.5)
 
 
-@dataclasses.dataclass(frozen=True)
-class Parity:
-    """Parity of a bit string (Deletang et al. 2023, Neural Networks and the Chomsky Hierarchy).
-
-    Each example is a bit string (tokens 0 and 1) of length drawn uniformly from
-    [min_length, T], padded to T with token 2: the target, read at the example's
-    last bit only, is the parity of its bits. `lengths` gives each
-    example's valid length. Train at one T and evaluate at larger ones for length
-    generalisation (Deletang et al. train up to 40 and test up to 500). Chance:
-    loss log 2, accuracy 1/2.
-    """
-
-    min_length: int = 1
-    loss: ClassVar[Loss] = Loss.CROSS_ENTROPY
-    name: ClassVar[str] = "parity"
-
-    def __post_init__(self):
-        check_positive_int(self.min_length, "min_length")
-
-    vocab_size: ClassVar[int] = 3
-    output_size: ClassVar[int] = 2
-
-    def num_steps(self, length: int) -> int:
-        return length
-
-    def sample(self, key: Array, batch_size: int, length: int) -> Batch:
-        _check_length(length, self.min_length, self.name, batch_size)
-        k_bits, k_lengths = jax.random.split(key)
-        lengths = jax.random.randint(k_lengths, (batch_size,), self.min_length, length + 1)
-        valid = jnp.arange(length) < lengths[:, None]
-        bits = jax.random.bernoulli(k_bits, 0.5, (batch_size, length)).astype(jnp.int32)
-        bits = jnp.where(valid, bits, 0)
-        parity = jnp.sum(bits, axis=1) % 2
-        last = jnp.arange(length) == lengths[:, None] - 1
-        inputs = jnp.where(valid, bits, 2).astype(jnp.int32)
-        targets = jnp.where(last, parity[:, None], 0).astype(jnp.int32)
-        last = last.astype(jnp.float32)
-        return Batch(inputs, targets, last, last, lengths.astype(jnp.int32))
-
-    def baseline(self, length: int) -> Baseline:
-        del length
-        return Baseline(math.log(2), 0.5)
-
-
+# Every task class by name; `seqjax.data.chomsky` adds its own.
 TASKS: dict[str, Any] = {
-    task.name: task for task in (Copy, Adding, SelectiveCopy, AssociativeRecall, FlipFlop, Parity)
+    task.name: task for task in (Copy, Adding, SelectiveCopy, AssociativeRecall, FlipFlop)
 }

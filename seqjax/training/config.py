@@ -56,6 +56,12 @@ class TrainConfig:
         final state of a window carried (without gradient) into the next, as
         Keras' `stateful=True` and PyTorch's language-model examples do. A window
         of the whole sequence is ordinary training.
+      stop_accuracy: early stopping (None: off): a run whose validation accuracy
+        reaches this at an evaluation is frozen there (its parameters and optimiser
+        state stop changing; the other runs of the group train on unchanged).
+      patience: early stopping (None: off): a run is frozen after this many
+        evaluations in a row without a new lowest validation loss. The group
+        stops at the first evaluation at which every run is frozen.
     """
 
     length: int
@@ -71,6 +77,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     eval_batches: int = 4
     tbptt: int | None = None
+    stop_accuracy: float | None = None
+    patience: int | None = None
 
     def __post_init__(self):
         for name in ("length", "steps", "batch_size", "log_every", "eval_every", "eval_batches"):
@@ -88,6 +96,10 @@ class TrainConfig:
             raise ValueError(f"steps={self.steps} must be a multiple of log_every={self.log_every}")
         if self.tbptt is not None:
             check_positive_int(self.tbptt, "tbptt (None: off)")
+        if self.stop_accuracy is not None:
+            check_real(self.stop_accuracy, "stop_accuracy (None: off)", 0.0, 1.0 + 1e-12, low_open=True)
+        if self.patience is not None:
+            check_positive_int(self.patience, "patience (None: off)")
         if self.clip_norm is not None:
             check_real(self.clip_norm, "clip_norm (None: off)", 0.0, math.inf, low_open=True)
         check_real(self.weight_decay, "weight_decay", 0.0, math.inf)

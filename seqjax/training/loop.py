@@ -49,7 +49,10 @@ from seqjax.validation import as_enum, check_real
 Array = jax.Array
 
 # Independent streams derived from a run's seed.
-_TRAIN_STREAM, _EVAL_STREAM, _INIT_STREAM = 0, 1, 2
+_TRAIN_STREAM, _EVAL_STREAM, _INIT_STREAM, _TEST_STREAM = 0, 1, 2, 3
+# The evaluation splits: validation is what training looks at (evaluations, early
+# stopping, choosing a learning rate); test is scored once, at the end.
+SPLITS = {"validation": _EVAL_STREAM, "test": _TEST_STREAM}
 
 
 class TrainState(NamedTuple):
@@ -58,6 +61,7 @@ class TrainState(NamedTuple):
     step: Array  # [], int32: steps taken
     seed: Array  # [], int32: the run's seed; every random stream derives from it
     learning_rate: Array  # [], float32: the peak learning rate
+    active: Array  # [], bool: False once early stopping has frozen the run
     carry: Any = None  # truncated BPTT: the model's state after the last window (else None)
 
 
@@ -110,7 +114,8 @@ def _init_program(model: Any, optimizer: optax.GradientTransformation, mesh: Mes
 
     def one(seed, lr):
         params = model.init(_stream(seed, _INIT_STREAM))
-        return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), seed, lr)
+        step = jnp.zeros((), jnp.int32)
+        return TrainState(params, optimizer.init(params), step, seed, lr, jnp.ones((), bool))
 
     return _jit(_vmap_runs(one, mesh), mesh, mesh and distributed.runs_sharding(mesh))
 
@@ -203,6 +208,13 @@ def make_train_chunk(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: -state.learning_rate * u, updates)
         params = optax.apply_updates(state.params, updates)
+        # A run frozen by early stopping keeps its weights; computing its step anyway keeps
+        # one program for the group, and each run's arithmetic independent of the others'.
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(state.active, new, old),
+            (params, opt_state),
+            (state.params, state.opt_state),
+        )
         metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
         if config.tbptt is not None:
             # Windows hold different numbers of targets: the logged means weigh them so.
@@ -222,14 +234,21 @@ def make_train_chunk(
     return _jit(_vmap_runs(chunk, mesh), mesh, out_shardings, donate_argnums=0)
 
 
-def make_evaluate(model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = None):
-    """A jitted `(params [R], seeds [R], length) -> (loss [R], accuracy [R])` on fresh
-    batches of the evaluation stream (the same batches at every call); `length` is static.
-    With a mesh, batches are split along `data` and the results come back replicated."""
+def make_evaluate(
+    model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = None, split: str = "validation"
+):
+    """A jitted `(params [R], seeds [R], length) -> (loss [R], accuracy [R])` on
+    `config.eval_batches` batches of the run's `split` stream ("validation" or "test":
+    independent of each other and of training; the same batches at every call);
+    `length` is static. With a mesh, batches are split along `data` and the results
+    come back replicated."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    stream = SPLITS[split]
 
     def evaluate(params, seed, length):
         def one(i):
-            batch = task.sample(jax.random.fold_in(_stream(seed, _EVAL_STREAM), i), config.batch_size, length)
+            batch = task.sample(jax.random.fold_in(_stream(seed, stream), i), config.batch_size, length)
             if mesh is not None:
                 batch = distributed.shard_batch(batch, mesh)
             return loss_and_metrics(task, model.apply(params, batch.inputs, lengths=batch.lengths), batch)
@@ -259,6 +278,27 @@ def _mean(metrics: dict[str, np.ndarray], name: str, run: int) -> float:
     if weights is None or not weights[run].sum():
         return float(np.mean(metrics[name][run]))
     return float(np.average(metrics[name][run], weights=weights[run]))
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _freeze(state: TrainState, active: np.ndarray) -> TrainState:
+    """`state` with runs frozen where `active` `[R]` (NumPy, the same in every process) is
+    False; traced, so that the runs keep their sharding on a mesh of several processes."""
+    return state._replace(active=state.active & active)
+
+
+def _stop_reason(config: TrainConfig, history: list[dict], line: dict) -> str | None:
+    """Why early stopping freezes a run at the evaluation `line` ("solved",
+    "patience"), or None; `history` holds the earlier lines, of every run."""
+    if config.stop_accuracy is not None and line["eval_accuracy"] >= config.stop_accuracy:
+        return "solved"
+    if config.patience is None:
+        return None
+    losses = [h["eval_loss"] for h in history if h["run"] == line["run"] and "eval_loss" in h]
+    losses.append(line["eval_loss"])
+    finite = [x if x is not None and math.isfinite(x) else math.inf for x in losses]
+    best = min(range(len(finite)), key=finite.__getitem__)  # the first evaluation at the lowest loss
+    return "patience" if len(finite) - 1 - best >= config.patience else None
 
 
 class OnNonFinite(enum.Enum):
@@ -337,7 +377,9 @@ def train(
       The final states `[R]` and the metrics history (dicts with run, seed,
       learning_rate, step, loss, accuracy, grad_norm, baseline_loss,
       baseline_accuracy, seconds, tokens_per_second, and eval_loss /
-      eval_accuracy at evaluation steps). Loss, accuracy and gradient norm are
+      eval_accuracy at evaluation steps, and "stopped": "solved" or "patience" at
+      the evaluation where early stopping froze the run, see `TrainConfig`;
+      a frozen run's later lines score its frozen weights). Loss, accuracy and gradient norm are
       means over the steps since the previous line; a value that is not finite
       is None in the file and named in the line's "nonfinite" entry.
 
@@ -391,7 +433,10 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
     clock = time.perf_counter()
     elapsed = history[-1]["seconds"] if history else 0.0
     failed = {line["run"] for line in history if line.get("failed")}
+    stopped = {line["run"] for line in history if "stopped" in line}
     for step in range(start + config.log_every, config.steps + 1, config.log_every):
+        if len(stopped) == len(seeds):  # every run frozen (a resumed group that had stopped)
+            break
         state, metrics = train_chunk(state)
         metrics = jax.device_get(metrics)  # [R, log_every] each; one host transfer per chunk
         now = time.perf_counter()
@@ -417,6 +462,12 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
             eval_loss, eval_accuracy = jax.device_get(evaluate(state.params, state.seed, config.length))
             for r, line in enumerate(lines):
                 line["eval_loss"], line["eval_accuracy"] = float(eval_loss[r]), float(eval_accuracy[r])
+                reason = None if r in stopped else _stop_reason(config, history, line)
+                if reason is not None:
+                    line["stopped"] = reason
+                    stopped.add(r)
+            if any("stopped" in line for line in lines):
+                state = _freeze(state, np.array([r not in stopped for r in range(len(seeds))]))
         bad = [
             r
             for r, line in enumerate(lines)
@@ -448,11 +499,14 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
                     manager.close()
                 raise NonFiniteError(f"{message}; stopped, the last checkpoint is the last finite one")
             logging.warning("%s (%s)", message, on_nonfinite.value)
-        if manager is not None and (step % config.checkpoint_every == 0 or step == config.steps):
-            manager.save(step, args=ocp.args.StandardSave(state), force=step == config.steps)
+        done = len(stopped) == len(seeds)
+        if manager is not None and (step % config.checkpoint_every == 0 or step == config.steps or done):
+            manager.save(step, args=ocp.args.StandardSave(state), force=step == config.steps or done)
             manager.wait_until_finished()
         if on_log is not None:
             on_log(step, lines)
+        if done:
+            logging.info("%s: every run stopped early, at step %d", workdir.name, step)
         clock = time.perf_counter()  # checkpoint and callback time is not training time
     if manager is not None:
         manager.close()
