@@ -9,8 +9,13 @@ marks each value with its key, the next finds the queried key).
     python -m experiments.associative_recall --lengths=64,128,256 --steps=5000
     python -m experiments.associative_recall --models=gru,mingru,lru,mamba,transformer --seeds=0,1,2
 
-accuracy_vs_length.png plots accuracy against the number of pairs, mean and spread
-over seeds.
+accuracy_vs_length.png plots accuracy against the number of pairs, mean and 95%
+interval over seeds. `experiments.zoology` adds model width (Arora et al.'s Fig. 2).
+
+Defaults, by measurement on a 2-core CPU (3 seeds, width 64, rate 3e-3, 600
+steps): the Transformer recalls every pair at 2 and 4 pairs (early-stopped by step
+350), the GRU falls from 0.52 to 0.29 and the LSTM from 0.29 to chance, the
+vanilla RNN stays at chance.
 """
 
 from experiments import common

@@ -6,6 +6,12 @@ Trained on the p(ignore) = 0.8 mix; the trained models are also scored on sparse
 
     python -m experiments.flip_flop
     python -m experiments.flip_flop --lengths=512 --steps=10000 --eval_lengths=1024
+
+Defaults, by measurement on a 2-core CPU (3 seeds, width 64, rate 3e-3, length 64,
+1000 steps, early stopping at 0.99): every recurrent model is exact within a few
+hundred steps, at 4x the length and on both mixes, while the Transformer (0.83 on
+the training mix after 1000 steps) loses most at 4x the length and on sparse
+sequences, as Liu et al. report.
 """
 
 from experiments import common
