@@ -8,15 +8,15 @@ the paper found that LSTMs solve the regular tasks and generalise, that no model
 without external memory generalises on the context-free and context-sensitive
 ones, and that Transformers fail even on parity.
 
-    python -m experiments.chomsky                                 # the CPU-sized default
-    python -m experiments.chomsky --tasks=all --seeds=0,1,2,3,4   # every task of Table 2
+    python -m experiments.chomsky                                 # parity and duplication: LSTM, Transformer
+    python -m experiments.chomsky --tasks=all --models=rnn,lstm,gru,transformer   # every task of Table 2
     python -m experiments.chomsky --tasks=parity_check,duplicate_string --models=lstm,mingru
 
 Writes to --workdir (runs/chomsky): one directory per task (each an experiment's
 outputs: summary, table, curves, checkpoints), and over all tasks summary.json,
 summary.csv, results.md (seqjax's scores beside the paper's) and chomsky.png.
 
-Defaults, by measurement on a 2-core CPU (the docstring of `EXPERIMENT` says which).
+Defaults, by measurement on a 2-core CPU: see `experiment`'s docstring.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from seqjax.data import chomsky
 
 flags.DEFINE_list(
     "tasks",
-    ["parity_check", "cycle_navigation", "reverse_string", "duplicate_string"],
+    ["parity_check", "duplicate_string"],
     f"Tasks, or 'all': {', '.join(chomsky.CHOMSKY)}.",
 )
 FLAGS = flags.FLAGS
@@ -58,15 +58,19 @@ PUBLISHED = {
 VERIFIED = {"modular_arithmetic", "parity_check", "stack_manipulation", "reverse_string"}
 VERIFIED |= {"duplicate_string", "odds_first"}
 LEVELS = {"regular": "R", "dcf": "DCF", "cs": "CS"}
+MODELS = ("lstm", "transformer")  # the default; any registered family runs
 
 
 def experiment(name: str) -> common.Experiment:
     """One task's experiment: trained up to length 40, scored on lengths 41..500 (the
     generalisation task draws lengths above the training length).
 
-    Defaults chosen by measurement (2-core CPU): hidden 64 and 3000 steps at batch 64
-    let the LSTM fit and generalise on the regular tasks; a run stops early once it is
-    exact on validation (accuracy 1.0)."""
+    Defaults chosen by measurement on a 2-core CPU: width 64, rate 3e-3 and up to 3000
+    steps at batch 64; a run stops early once it is exact on validation (accuracy
+    1.0), as the LSTM is on the regular tasks within ~1000 steps. The vanilla RNN
+    stayed at chance on parity after 3000 steps (0.52; the paper trains 1M steps), so
+    the default compares the paper's two main models, LSTM and Transformer, on one
+    regular and one context-sensitive task (README: the other tasks)."""
     task = chomsky.CHOMSKY[name]()
     return common.Experiment(
         name="chomsky",
@@ -74,7 +78,7 @@ def experiment(name: str) -> common.Experiment:
         lengths=(40,),
         steps=3000,
         solved_accuracy=1.0,
-        learning_rates=(1e-3, 3e-3),
+        learning_rates=(3e-3,),
         eval_lengths=(500,),
         eval_task=lambda train_length: dataclasses.replace(task, min_length=train_length + 1),
     )
@@ -191,4 +195,5 @@ def _sweep(_: common.Experiment, settings: common.Settings) -> list[dict]:
 
 
 if __name__ == "__main__":
+    flags.FLAGS.set_default("models", list(MODELS))
     common.main(EXPERIMENT, _sweep)

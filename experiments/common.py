@@ -711,7 +711,10 @@ def markdown_table(rows: list[dict]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     rates = sorted({r["learning_rate"] for r in rows})
-    if len(rates) > 1:
+    rates_of: dict[tuple, set[float]] = {}
+    for r in rows:
+        rates_of.setdefault(_group(r), set()).add(r["learning_rate"])
+    if any(len(group_rates) > 1 for group_rates in rates_of.values()):  # a sweep to show
         lines += [
             "",
             "Validation accuracy per learning rate (mean over seeds; the table above uses the best):",
