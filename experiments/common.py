@@ -297,7 +297,7 @@ def with_task_options(experiment: Experiment, options: Sequence[str]) -> Experim
     return dataclasses.replace(experiment, task=task)
 
 
-def _model_learning_rates(experiment: Experiment, models: Sequence[str]) -> tuple[str, ...]:
+def _model_learning_rates_from_flags(experiment: Experiment, models: Sequence[str]) -> tuple[str, ...]:
     """--model_learning_rates if given; else the experiment's, for the models that
     --models names, unless --learning_rates is given (then it is every model's)."""
     if FLAGS.model_learning_rates is not None:
@@ -327,7 +327,7 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         lengths=experiment.lengths if FLAGS.lengths is None else _parse(FLAGS.lengths, int, "lengths"),
         seeds=_parse(FLAGS.seeds, int, "seeds"),
         task_options=task_options,
-        model_learning_rates=_model_learning_rates(experiment, models),
+        model_learning_rates=_model_learning_rates_from_flags(experiment, models),
         learning_rates=_parse(FLAGS.learning_rates, float, "learning_rates")
         if FLAGS["learning_rates"].present
         else experiment.learning_rates,

@@ -27,6 +27,7 @@ The generators follow the paper's code (google-deepmind/neural_networks_chomsky_
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from typing import Any, ClassVar
@@ -42,7 +43,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class Transduction:
+class Transduction(abc.ABC):
     """What every Chomsky task shares: the layout above, lengths, masks and chance.
 
     A task subclass sets `name`, `level` ("regular", "dcf" or "cs"), `symbols` (input
@@ -81,11 +82,11 @@ class Transduction:
     def num_steps(self, length: int) -> int:
         return length + self.output_length(length)
 
+    @abc.abstractmethod
     def generate(self, key: Array, n: Array, length: int) -> tuple[Array, Array]:
         """`(symbols [b, length] int32 in [0, symbols), outputs [b, output_length(length)]
         int32 in [0, classes))`: the inputs (read up to n) and their outputs (up to
         output_length(n))."""
-        raise NotImplementedError
 
     def sample(self, key: Array, batch_size: int, length: int) -> Batch:
         _check_length(length, max(self.min_length, self.shortest), self.name, batch_size)
