@@ -99,7 +99,14 @@ flags.DEFINE_enum(
     "positional", "rope", [p.value for p in Positional], "Positions: the option of every family that has it."
 )
 flags.DEFINE_boolean(
-    "match_params", False, "Resize each model's width to --match_reference's parameter count."
+    "match_params",
+    None,
+    "Resize each model's width to --match_reference's parameter count (the experiment's default if unset).",
+)
+flags.DEFINE_boolean(
+    "bidirectional",
+    False,
+    "Cell families read each sequence both ways (experiments with one output per sequence).",
 )
 flags.DEFINE_string("match_reference", "lstm", "The model whose parameter count --match_params matches.")
 flags.DEFINE_list("eval_lengths", [], "Extra lengths to evaluate the trained models at (generalisation).")
@@ -173,6 +180,15 @@ class Experiment:
       hidden_size: default width of every model.
       x_axis: `(label, length -> value)`: what accuracy_vs_length.png plots
         accuracy against (the length if None), e.g. MQAR's number of pairs.
+      per_sequence: one output per sequence (a classifier): cell families read out
+        their last valid step (both directions' with `--bidirectional`), backbone
+        families the mean over the valid steps (`SequenceModel.readout`).
+      match_params: the default of `--match_params`.
+      prepare: `experiment -> experiment`, called once the flags are read: builds
+        what depends on them (a dataset read from `--text_file`); its ValueErrors
+        and ImportErrors are usage errors.
+      flags: the experiment's own flags and their values (`(("text_file", path),)`),
+        which config.json records and `--config` sets again.
     """
 
     name: str
@@ -188,6 +204,10 @@ class Experiment:
     num_layers: int = 1
     hidden_size: int = 64
     x_axis: tuple[str, Callable[[int], float]] | None = None
+    per_sequence: bool = False
+    match_params: bool = False
+    prepare: Callable[[Experiment], Experiment] | None = None
+    flags: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +227,7 @@ class Settings:
     num_heads: int = 4
     positional: str = "rope"
     match_params: bool = False
+    bidirectional: bool = False
     match_reference: str = "lstm"
     eval_lengths: tuple[int, ...] = ()
     workdir: str = "runs/experiment"
@@ -337,7 +358,8 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         num_layers=FLAGS.num_layers if FLAGS["num_layers"].present else experiment.num_layers,
         num_heads=FLAGS.num_heads,
         positional=FLAGS.positional,
-        match_params=FLAGS.match_params,
+        match_params=experiment.match_params if FLAGS.match_params is None else FLAGS.match_params,
+        bidirectional=FLAGS.bidirectional,
         match_reference=FLAGS.match_reference,
         eval_lengths=_parse(FLAGS.eval_lengths, int, "eval_lengths")
         if FLAGS["eval_lengths"].present
@@ -386,6 +408,13 @@ def check_settings(experiment: Experiment, settings: Settings) -> None:
         check_positive_int(settings.patience, "--patience (unset: off)")
     if len(set(models)) != len(models):
         raise ValueError(f"--models lists a model twice: {','.join(models)}")
+    if settings.bidirectional and not experiment.per_sequence:
+        raise ValueError(
+            f"--bidirectional reads the future: {experiment.name} predicts every step; "
+            "it is for experiments with one output per sequence"
+        )
+    if hasattr(experiment.task, "check_batch_size"):
+        experiment.task.check_batch_size(settings.batch_size, "--batch_size")
     key = jax.random.key(0)
     for length in settings.lengths:
         try:
@@ -470,6 +499,7 @@ def _model(
 ) -> SequenceModel:
     task = experiment.task
     family, options = model_options(settings, spec)
+    recurrent = registry.get(family).make_cell is not None
     return SequenceModel(
         family,
         output_size=task.output_size,
@@ -478,6 +508,8 @@ def _model(
         input_size=None if task.vocab_size else task.input_size,
         num_layers=settings.num_layers,
         options=options,
+        bidirectional=settings.bidirectional and recurrent,
+        readout=("last" if recurrent else "mean") if experiment.per_sequence else "steps",
     )
 
 
@@ -517,7 +549,7 @@ def _mesh(settings: Settings) -> Mesh | None:
 
 def apply_config(path: str, experiment_name: str) -> None:
     """Sets every flag that the command line left unset from a config.json's
-    settings, and imports its user modules."""
+    settings and experiment flags, and imports its user modules."""
     try:
         config = json.loads(pathlib.Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -528,30 +560,41 @@ def apply_config(path: str, experiment_name: str) -> None:
         )
     for spec in config.get("user_modules", []):
         user_modules.import_user_module(spec)
-    for name, value in config["settings"].items():
+    for name, value in (config["settings"] | config.get("flags", {})).items():
         if FLAGS[name].present or value is None:
             continue
         # Parsed as from a command line, so that the flag counts as given.
         FLAGS[name].parse(",".join(map(str, value)) if isinstance(value, list) else str(value))
 
 
-def run(experiment: Experiment, settings: Settings) -> list[dict]:
+def run(
+    experiment: Experiment, settings: Settings, on_trained: Callable[..., Any] | None = None
+) -> list[dict]:
     """Trains the sweep and writes the config, summary, table and plots (process 0
     of a multi-process job); returns the rows. The summary files are rewritten after
     every (model, length) group, so a group that stops (`NonFiniteError`, a crash)
-    leaves the finished ones on disk; the workdir is locked while it runs."""
+    leaves the finished ones on disk; the workdir is locked while it runs.
+    `on_trained(model, state, rows)` sees each group's model, final states `[R]`
+    and summary rows (e.g. to sample from the best run)."""
     experiment = with_task_options(experiment, settings.task_options)
     workdir = pathlib.Path(settings.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     writer = jax.process_index() == 0
     with checkpoints.workdir_lock(workdir) if writer else contextlib.nullcontext():
-        return _run(experiment, settings, workdir, writer)
+        return _run(experiment, settings, workdir, writer, on_trained)
 
 
-def _run(experiment: Experiment, settings: Settings, workdir: pathlib.Path, writer: bool) -> list[dict]:
+def _run(
+    experiment: Experiment,
+    settings: Settings,
+    workdir: pathlib.Path,
+    writer: bool,
+    on_trained: Callable[..., Any] | None,
+) -> list[dict]:
     mesh = _mesh(settings)
     families = [parse_model(spec)[0] for spec in (*settings.models, settings.match_reference)]
-    run_config.write(workdir, experiment.name, dataclasses.asdict(settings), families)
+    settings_dict = dataclasses.asdict(settings)
+    run_config.write(workdir, experiment.name, settings_dict, families, dict(experiment.flags))
     task, rows, curves = experiment.task, [], {}
     runs = {
         spec: list(itertools.product(settings.seeds, learning_rates_of(settings, spec)))
@@ -592,7 +635,10 @@ def _run(experiment: Experiment, settings: Settings, workdir: pathlib.Path, writ
             on_nonfinite=settings.on_nonfinite,
         )
         seconds = time.perf_counter() - start
-        rows += _rows(experiment, settings, spec, length, config, model, state, history, mesh, seconds)
+        group_rows = _rows(experiment, settings, spec, length, config, model, state, history, mesh, seconds)
+        rows += group_rows
+        if on_trained is not None:
+            on_trained(model, state, group_rows)
         for r, (seed, lr) in enumerate(runs[spec]):
             curves[(spec, length, seed, lr)] = [
                 (line["step"], line["eval_loss"])
@@ -821,9 +867,13 @@ def main(experiment: Experiment, sweep: Callable[[Experiment, Settings], Any] | 
             apply_config(FLAGS.config, experiment.name)
         if FLAGS.multi_process or FLAGS.coordinator_address:
             distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        settings = settings_from_flags(experiment)
         try:
-            (sweep or run)(experiment, settings)
+            prepared = experiment.prepare(experiment) if experiment.prepare else experiment
+        except (ValueError, ImportError) as error:
+            raise app.UsageError(str(error)) from None
+        settings = settings_from_flags(prepared)
+        try:
+            (sweep or run)(prepared, settings)
         except (NonFiniteError, checkpoints.ResumeError, checkpoints.WorkdirInUse) as error:
             logging.error("%s", error)
             sys.exit(1)

@@ -1,6 +1,7 @@
 """config.json: what a run was, written before it trains, so that it can be rerun.
 
-It holds the experiment's name, its resolved settings, the files that define
+It holds the experiment's name, its resolved settings and its own flags (e.g. the
+text file a language model trained on), the files that define
 every family it names outside seqjax (so a rerun registers them again), the
 command line, and the versions and backend. `python -m experiments.<name>
 --config=<workdir>/config.json` reruns an experiment from it.
@@ -70,13 +71,21 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def write(workdir: pathlib.Path, experiment: str, settings: dict[str, Any], families: Iterable[str]) -> None:
-    """Writes `workdir/config.json` (process 0 of a multi-process job)."""
+def write(
+    workdir: pathlib.Path,
+    experiment: str,
+    settings: dict[str, Any],
+    families: Iterable[str],
+    flags: dict[str, Any] | None = None,
+) -> None:
+    """Writes `workdir/config.json` (process 0 of a multi-process job); `flags` are the
+    experiment's own flags, by name."""
     if jax.process_index() != 0:
         return
     config = {
         "experiment": experiment,
         "settings": settings,
+        "flags": flags or {},
         "user_modules": family_sources(families),
         "argv": sys.argv,
         "environment": environment(),

@@ -12,7 +12,8 @@ Packages, from the bottom up:
   models:       `Recurrent` layers over any cell and PyTorch's `RNN`/`LSTM`/`GRU`
                 (`layers`), the `Transformer`, and `SequenceModel` over any family.
   data:         long-range dependency tasks (`tasks`) and the Chomsky-hierarchy tasks
-                (`chomsky`), generated in JAX.
+                (`chomsky`), generated in JAX; in-memory `datasets` of real sequences
+                (`text`, `classification`).
   training:     vmapped training over seeds and learning rates, checkpoints, meshes.
   analysis:     gradient-flow diagnostics (`diagnostics`).
   interop:      PyTorch state_dicts (`torch_weights`), Flax linen and NNX wrappers.

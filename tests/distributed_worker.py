@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from seqjax.data import tasks
+from seqjax.data.datasets import Dataset, Split
 from seqjax.models import SequenceModel
 from seqjax.training import TrainConfig, distributed, train
 
@@ -41,6 +42,18 @@ CONFIG = TrainConfig(
     stop_accuracy=0.2,  # run 0 reaches it at its first evaluation: every mesh freezes a run
 )
 SEEDS, LRS = (0, 1, 2, 3), (1e-3, 3e-3, 1e-3, 3e-3)
+
+
+def _split(n: int, seed: int) -> Split:
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(size=(n, 5, 2)).astype(np.float32)
+    return Split(inputs, (inputs[:, :, 0] > 0).astype(np.int32), rng.integers(1, 6, n).astype(np.int32))
+
+
+# A dataset (gathered by index on the device) of 21 training sequences of varying lengths.
+DATASET = Dataset("toy", _split(21, 0), _split(9, 1), _split(9, 2), output_size=2)
+DATASET_MODEL = SequenceModel("gru", output_size=2, hidden_size=8, input_size=2)
+DATASET_CONFIG = dataclasses.replace(CONFIG, length=DATASET.steps, batch_size=4)
 
 _seen: list[Any] = []  # shardings of the inputs, one per compiled train step or evaluation
 
@@ -91,6 +104,10 @@ def devices(workdir: str) -> dict[str, Any]:
         out.update(_result(name, state, history))
         info[name] = _sharding_info(state, inputs_shape)
     out["info"] = np.array(json.dumps(info))
+    state, history = train(
+        DATASET_MODEL, DATASET, DATASET_CONFIG, SEEDS, LRS, f"{workdir}/data", mesh=distributed.make_mesh(1)
+    )
+    out.update(_result("dataset", state, history))
     return out
 
 
@@ -126,6 +143,8 @@ def process(workdir: str, process_id: int, num_processes: int, port: int) -> dic
     mesh = distributed.make_mesh(1)  # data-parallel over every device of both processes
     state, history = train(MODEL, TASK, CONFIG, SEEDS, LRS, workdir, mesh=mesh)
     out = _result("process", state, history)
+    state, history = train(DATASET_MODEL, DATASET, DATASET_CONFIG, SEEDS, LRS, f"{workdir}/data", mesh=mesh)
+    out.update(_result("dataset", state, history))
     out["process/devices"] = np.array([jax.device_count(), jax.local_device_count(), jax.process_count()])
     return out
 

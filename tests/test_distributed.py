@@ -69,7 +69,17 @@ def reference(tmp_path_factory):
         return train(worker.MODEL, worker.TASK, worker.CONFIG, worker.SEEDS, worker.LRS, workdir)
 
 
-def test_data_parallel_and_run_sharded_equal_one_device(tmp_path, reference):
+@pytest.fixture(scope="module")
+def dataset_reference(tmp_path_factory):
+    """The worker's runs on its dataset (batches gathered by index), on one device."""
+    workdir = tmp_path_factory.mktemp("dataset")
+    with jax.numpy_dtype_promotion("standard"):
+        return train(
+            worker.DATASET_MODEL, worker.DATASET, worker.DATASET_CONFIG, worker.SEEDS, worker.LRS, workdir
+        )
+
+
+def test_data_parallel_and_run_sharded_equal_one_device(tmp_path, reference, dataset_reference):
     proc = _run("devices", str(tmp_path / "out.npz"), devices=4)
     _finish(proc)
     results = np.load(tmp_path / "out.npz")
@@ -90,6 +100,7 @@ def test_data_parallel_and_run_sharded_equal_one_device(tmp_path, reference):
     assert runs["state_devices"] == 4 and runs["state_shard_shape"][0] == 1 and runs["state_shape"][0] == 4
     assert all(shard[:2] == [1, batch] for shard in runs["inputs_shard_shapes"])
     _assert_same_run(results, "runs4", *reference)
+    _assert_same_run(results, "dataset", *dataset_reference)  # a dataset, data-parallel
 
 
 def test_checkpoint_restores_from_4_devices_on_1_and_back(tmp_path, reference):
@@ -108,7 +119,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_train_one_model_together(tmp_path, reference):
+def test_two_processes_train_one_model_together(tmp_path, reference, dataset_reference):
     port, workdir = _free_port(), tmp_path / "job"
     procs = [
         _run("process", str(tmp_path / f"out{i}.npz"), str(i), "2", str(port), str(workdir), devices=2)
@@ -124,6 +135,7 @@ def test_two_processes_train_one_model_together(tmp_path, reference):
     for r in results:
         assert list(r["process/devices"]) == [4, 2, 2]  # global devices, local devices, processes
         _assert_same_run(r, "process", *reference)
+        _assert_same_run(r, "dataset", *dataset_reference)
     # Process 0 alone wrote the metrics: one line per run per logged step.
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(worker.SEEDS) * worker.CONFIG.steps // worker.CONFIG.log_every

@@ -7,6 +7,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 import jax
 import pytest
@@ -384,3 +385,69 @@ def test_zoology_full_is_the_papers_grid_where_flags_do_not_say_otherwise(monkey
     assert seen["widths"] == (64, 128, 256, 512) and settings.lengths == (64, 128, 256)
     assert settings.steps == 100 and len(settings.learning_rates) == 4 and settings.learning_rates[0] == 1e-4
     assert seen["experiment"].task.vocab_size == 8192 and set(settings.models) == set(registry.names())
+
+
+def test_text_generation_on_a_users_file_reports_bits_per_character_and_samples(tmp_path, capsys):
+    from experiments import text_generation
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(pathlib.Path(textwrap.__file__).read_text()[:6000])
+    flags.FLAGS(["prog"])
+    with flagsaver.as_parsed(text_file=str(corpus), lengths="16", batch_size="4"):
+        experiment = text_generation._prepare(text_generation.EXPERIMENT)
+    settings = common.Settings(
+        models=("gru", "transformer"), lengths=(16,), workdir=str(tmp_path / "run"), **TINY
+    )
+    settings = dataclasses.replace(settings, match_params=True, match_reference="gru")
+    rows, samples = text_generation.run(experiment, settings, [0.0, 1.0], 12)
+    assert {r["model"] for r in rows} == {"gru", "transformer"} and len(rows) == 4
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert "| model | params | lr | test bits/char |" in table and "bigram entropy" in table
+    assert samples.count("--- temperature") == 2 and (tmp_path / "run" / "samples.txt").exists()
+    continuation = samples.split("--- temperature 0 ---\n")[1].split("\n--- temperature")[0]
+    assert len(continuation) == 12
+    # config.json records the text file: --config reruns on the same text.
+    config = tmp_path / "run" / "config.json"
+    assert json.loads(config.read_text())["flags"]["text_file"] == str(corpus)
+    with flagsaver.as_parsed():
+        common.apply_config(str(config), "text_generation")
+        assert flags.FLAGS.text_file == str(corpus) and flags.FLAGS["text_file"].present
+    cases = [
+        (dict(text_file=str(tmp_path / "none.txt")), "--text_file: no such file"),
+        (dict(text_file=str(corpus), lengths="16,32"), "--lengths: text generation trains at one window"),
+        (dict(text_file=str(corpus), lengths="1000"), "--text_file: 6000 characters are too few"),
+        (dict(temperatures="0.5,-1"), "--temperatures must be numbers >= 0"),
+        (dict(sample_length="0"), "--sample_length must be a positive int"),
+    ]
+    for overrides, message in cases:
+        with flagsaver.as_parsed(**overrides), pytest.raises(ValueError, match=message):
+            text_generation._prepare(text_generation.EXPERIMENT)
+
+
+def test_classification_on_the_packaged_sets_with_the_classical_baselines(tmp_path, capsys):
+    from experiments import classification
+
+    models = ("gru", "transformer:causal=False")
+    settings = common.Settings(models=models, lengths=(1,), workdir=str(tmp_path), **TINY)
+    settings = dataclasses.replace(settings, bidirectional=True)
+    rows = classification.run(["japanese_vowels"], settings)
+    assert [(r["dataset"], r["model"]) for r in rows][::2] == [("japanese_vowels", m) for m in models]
+    table = (tmp_path / "results.md").read_text()
+    assert (
+        "| data set | steps | chance | gru | transformer:causal=False | logistic regression | RBF SVM |"
+        in table
+    )
+    assert "| japanese_vowels | 29 | 0.238 |" in table and "Kudo et al. 1999" in table
+    assert (tmp_path / "japanese_vowels" / "summary.json").exists() and (tmp_path / "summary.csv").exists()
+    with pytest.raises(ValueError, match="--datasets: unknown data set 'mnist'"):
+        classification.load("mnist")
+    with pytest.raises(ValueError, match="--batch_size=300 is more than the japanese_vowels dataset's 216"):
+        common.check_settings(
+            classification.experiment("japanese_vowels"),
+            dataclasses.replace(settings, lengths=(29,), batch_size=300),
+        )
+    with pytest.raises(ValueError, match="--bidirectional reads the future: copy_task predicts every step"):
+        common.check_settings(
+            importlib.import_module("experiments.copy_task").EXPERIMENT,
+            dataclasses.replace(settings, lengths=(3,), models=("gru",)),
+        )

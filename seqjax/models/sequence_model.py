@@ -41,6 +41,8 @@ from seqjax.validation import check_positive_int
 
 Array = jax.Array
 
+READOUTS = ("steps", "last", "mean")
+
 
 @runtime_checkable
 class Backbone(Protocol):
@@ -116,6 +118,15 @@ class SequenceModel:
         forget gate starts at 1.0 otherwise), `{"num_heads": 2, "positional":
         "learned", "causal": False}` (transformer). A mapping, kept as sorted
         pairs (so that models are hashable); unknown options raise here.
+      bidirectional: cell families: a second stack direction reads each sequence
+        backwards (2h features per step). Backbone families have their own option
+        (the Transformer's `causal=False`).
+      readout: "steps": outputs `[b, t, o]`, one per step; or one output `[b, o]`
+        per sequence (a classifier's): "last", the features at each sequence's
+        last valid step (bidirectional: the forward direction's there, the
+        backward direction's at step 0, each having read the whole sequence,
+        as PyTorch's `h_n`); "mean", their mean over the valid steps (pooling).
+        Only "steps" models step, stream, generate and forecast.
 
     >>> model = SequenceModel("gru", output_size=3, hidden_size=8, vocab_size=5)
     >>> params = model.init(jax.random.key(0))
@@ -131,9 +142,19 @@ class SequenceModel:
     num_layers: int = 1
     dropout: float = 0.0
     options: Mapping[str, Any] | tuple[tuple[str, Any], ...] | None = ()
+    bidirectional: bool = False
+    readout: str = "steps"
 
     def __post_init__(self):
         family = registry.get(self.family)
+        validation.check_bool(self.bidirectional, "bidirectional")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(map(repr, READOUTS))}; got {self.readout!r}")
+        if self.bidirectional and family.make_cell is None:
+            raise ValueError(
+                f"bidirectional=True needs a cell family; {self.family!r} builds its own backbone "
+                "(a bidirectional one through its options, e.g. causal=False)"
+            )
         options = dict(self.options or ())
         family.check_options(options)
         for name, value in options.items():
@@ -163,7 +184,14 @@ class SequenceModel:
         if family.make_cell is not None:
             cell = family.make_cell(self.hidden_size, **options)
             input_size = self.vocab_size or self.input_size
-            return Recurrent(cell, input_size, self.num_layers, batch_first=True, dropout=self.dropout)
+            return Recurrent(
+                cell,
+                input_size,
+                self.num_layers,
+                batch_first=True,
+                dropout=self.dropout,
+                bidirectional=self.bidirectional,
+            )
         return family.make_backbone(
             self.hidden_size,
             self.num_layers,
@@ -173,10 +201,14 @@ class SequenceModel:
             **options,
         )
 
+    @property
+    def _features(self) -> int:
+        return self.hidden_size * (2 if self.bidirectional else 1)
+
     def init(self, key: Array, dtype: Any = jnp.float32) -> dict[str, Any]:
-        """Parameters `{"backbone": ..., "head": {"w": [h, o], "b": [o]}}`."""
+        """Parameters `{"backbone": ..., "head": {"w": [f, o], "b": [o]}}`, f = h (2h bidirectional)."""
         k_backbone, k_head = jax.random.split(key)
-        w = jax.nn.initializers.lecun_normal()(k_head, (self.hidden_size, self.output_size), dtype)
+        w = jax.nn.initializers.lecun_normal()(k_head, (self._features, self.output_size), dtype)
         return {
             "backbone": self.backbone.init(k_backbone, dtype),
             "head": {"w": w, "b": jnp.zeros((self.output_size,), dtype)},
@@ -199,6 +231,25 @@ class SequenceModel:
     def _readout(self, params: dict[str, Any], features: Array) -> Array:
         return features @ params["head"]["w"] + params["head"]["b"]
 
+    def _pool(self, features: Array, lengths: Array | None) -> Array:
+        """`[b, t, f] -> [b, f]` by `readout` ("last" or "mean"), over the valid steps."""
+        b, t, _ = features.shape
+        lengths = jnp.full((b,), t, jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
+        if self.readout == "mean":  # where, not a product: padding may hold anything, NaN too
+            valid = (jnp.arange(t) < lengths[:, None])[:, :, None]
+            total = jnp.sum(jnp.where(valid, features, 0), axis=1)
+            return total / jnp.maximum(lengths, 1)[:, None].astype(features.dtype)
+        last = jnp.take_along_axis(features, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+        if not self.bidirectional:
+            return last
+        return jnp.concatenate([last[:, : self.hidden_size], features[:, 0, self.hidden_size :]], axis=-1)
+
+    def _check_steps(self, what: str) -> None:
+        if self.readout != "steps":
+            raise ValueError(
+                f"{what} needs readout='steps' (an output per step); this model has readout={self.readout!r}"
+            )
+
     def apply(
         self,
         params: dict[str, Any],
@@ -208,7 +259,8 @@ class SequenceModel:
         key: Array | None = None,
         deterministic: bool = True,
     ) -> Array:
-        """inputs `[b, t]` tokens or `[b, t, d]` features -> outputs `[b, t, o]`.
+        """inputs `[b, t]` tokens or `[b, t, d]` features -> outputs `[b, t, o]`
+        (`[b, o]` with readout "last" or "mean").
 
         Padded positions (past `lengths`) may hold anything: they reach no valid
         output and no gradient. Inside `jit` token values are not checked (an
@@ -224,6 +276,8 @@ class SequenceModel:
             key=key,
             deterministic=deterministic,
         )
+        if self.readout != "steps":
+            features = self._pool(features, lengths)
         return self._readout(params, features)
 
     def initial_state(self, batch_size: int, dtype: Any = jnp.float32, *, max_len: int | None = None) -> Any:
@@ -246,6 +300,7 @@ class SequenceModel:
         (the old one is then unusable): a KV cache is then updated in place instead
         of copied at every step.
         """
+        self._check_steps("step")
         x = self._check_inputs(
             x, validation.check_params(self, params, "init() of this model"), None, one_step=True
         )
@@ -293,6 +348,7 @@ class SequenceModel:
           `(state, outputs)`: the state after each sequence's chunk, outputs `[b, t, o]`
           (zero past a length).
         """
+        self._check_steps("stream")
         dtype = validation.check_params(self, params, "init() of this model")
         inputs = self._check_inputs(inputs, dtype, lengths, one_step=False)
         if not self._continues_state and self.dropout > 0 and not deterministic:
@@ -372,6 +428,7 @@ class SequenceModel:
                 f"output_size); this model has vocab_size={self.vocab_size}, output_size={self.output_size}"
                 + ("; for feature inputs use forecast" if self.vocab_size is None else "")
             )
+        self._check_steps("generate")
         check_sampling(temperature, top_k, self.vocab_size)
         validation.check_key(key)
         dtype = validation.check_params(self, params, "init() of this model")
@@ -419,6 +476,7 @@ class SequenceModel:
                 f"output_size); this model has input_size={self.input_size}, output_size={self.output_size}"
                 + ("; for tokens use generate" if self.input_size is None else "")
             )
+        self._check_steps("forecast")
         dtype = validation.check_params(self, params, "init() of this model")
         context = self._check_prompt(context, dtype, lengths, num_steps)
         state = self.initial_state(context.shape[0], dtype, max_len=context.shape[1] + num_steps)

@@ -2,7 +2,7 @@
 
 config:       `TrainConfig` and the optimiser it builds.
 loop:         `train`, the vmapped chunked training loop (optionally truncated BPTT),
-              evaluation, `loss_and_metrics`.
+              evaluation, `loss_and_metrics`; datasets' batches by `dataset_indices`.
 checkpoints:  orbax checkpoints and the metrics file of a group of runs.
 distributed:  device meshes (runs x data) and multi-process jobs.
 """
@@ -13,6 +13,7 @@ from seqjax.training.loop import (
     NonFiniteError,
     OnNonFinite,
     TrainState,
+    dataset_indices,
     init_state,
     loss_and_metrics,
     make_evaluate,
@@ -28,6 +29,7 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "checkpoints",
+    "dataset_indices",
     "distributed",
     "init_state",
     "loss_and_metrics",

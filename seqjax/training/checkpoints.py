@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import hashlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -117,12 +119,16 @@ def read_history(path: pathlib.Path, up_to_step: int) -> list[dict]:
 
 def describe(value: Any) -> Any:
     """A JSON description of a model, task or config that is the same in every process:
-    dataclasses by their fields, functions and classes by their import path."""
+    dataclasses by their fields, functions and classes by their import path, arrays
+    by shape, dtype and a digest of their contents."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: describe(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return {"type": f"{type(value).__module__}.{type(value).__qualname__}", **fields}
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, np.ndarray):  # a dataset's arrays: resuming on other data is refused
+        digest = hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16]
+        return {"shape": list(value.shape), "dtype": value.dtype.name, "sha256": digest}
     if isinstance(value, tuple | list):
         return [describe(v) for v in value]
     if isinstance(value, dict):

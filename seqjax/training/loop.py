@@ -4,7 +4,9 @@ A run's state is a `TrainState` pytree; a group of R runs is the same pytree wit
 a leading `[R]` axis, trained by one `jax.vmap`-ed, jitted step. Every run's data
 and dropout stream is a pure function of its seed and step, so a run is
 reproducible bit for bit, whether trained alone, in a group, or resumed from a
-checkpoint.
+checkpoint. The data is a generated task (`seqjax.data.tasks`), sampled in the
+step, or an in-memory dataset (`seqjax.data.datasets`), whose arrays are passed to
+the compiled programs and gathered by index in the step.
 
     state = init_state(model, optimizer, seeds, learning_rates)      # [R] runs
     state, history = train(model, task, config, seeds, learning_rates, workdir)
@@ -41,6 +43,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh
 
+from seqjax.data import datasets
 from seqjax.data.tasks import Batch, Loss
 from seqjax.training import checkpoints, distributed
 from seqjax.training.config import TrainConfig, make_optimizer
@@ -49,7 +52,7 @@ from seqjax.validation import as_enum, check_real
 Array = jax.Array
 
 # Independent streams derived from a run's seed.
-_TRAIN_STREAM, _EVAL_STREAM, _INIT_STREAM, _TEST_STREAM = 0, 1, 2, 3
+_TRAIN_STREAM, _EVAL_STREAM, _INIT_STREAM, _TEST_STREAM, _ORDER_STREAM = 0, 1, 2, 3, 4
 # The evaluation splits: validation is what training looks at (evaluations, early
 # stopping, choosing a learning rate); test is scored once, at the end.
 SPLITS = {"validation": _EVAL_STREAM, "test": _TEST_STREAM}
@@ -65,18 +68,14 @@ class TrainState(NamedTuple):
     carry: Any = None  # truncated BPTT: the model's state after the last window (else None)
 
 
-def loss_and_metrics(task: Any, outputs: Array, batch: Batch) -> tuple[Array, Array]:
-    """Masked loss and accuracy.
+def scored_sums(task: Any, outputs: Array, batch: Batch) -> Array:
+    """`[4]` float32: the masked loss sum, the `loss_mask` sum, the masked count of
+    correct outputs and the `eval_mask` sum, which pool over batches.
 
     Args:
       task: gives the loss kind (and the tolerance of regression accuracy).
-      outputs: `[b, t, o]` model outputs.
-      batch: the targets and masks.
-
-    Returns:
-      `(loss, accuracy)`, scalars: the loss averaged over `loss_mask` positions,
-      the accuracy over `eval_mask` positions (argmax for classes; within
-      `task.tolerance` for regression).
+      outputs: `[b, t, o]` model outputs (`[b, o]` for one output per sequence).
+      batch: the targets `[b, t]` (`[b]`) and masks of the same shape.
     """
     if task.loss is Loss.CROSS_ENTROPY:
         per_step = optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), batch.targets)
@@ -85,11 +84,51 @@ def loss_and_metrics(task: Any, outputs: Array, batch: Batch) -> tuple[Array, Ar
         error = outputs[..., 0].astype(jnp.float32) - batch.targets
         per_step = error**2
         correct = jnp.abs(error) < task.tolerance
-    loss = jnp.sum(per_step * batch.loss_mask) / jnp.maximum(jnp.sum(batch.loss_mask), 1.0)
-    accuracy = jnp.sum(correct.astype(jnp.float32) * batch.eval_mask) / jnp.maximum(
-        jnp.sum(batch.eval_mask), 1.0
+    return jnp.stack(
+        [
+            jnp.sum(per_step * batch.loss_mask),
+            jnp.sum(batch.loss_mask),
+            jnp.sum(correct.astype(jnp.float32) * batch.eval_mask),
+            jnp.sum(batch.eval_mask),
+        ]
     )
-    return loss, accuracy
+
+
+def _ratios(sums: Array) -> tuple[Array, Array]:
+    """(loss, accuracy) from `scored_sums` (pooled)."""
+    return sums[0] / jnp.maximum(sums[1], 1.0), sums[2] / jnp.maximum(sums[3], 1.0)
+
+
+def loss_and_metrics(task: Any, outputs: Array, batch: Batch) -> tuple[Array, Array]:
+    """Masked loss and accuracy.
+
+    Args:
+      task: gives the loss kind (and the tolerance of regression accuracy).
+      outputs: `[b, t, o]` model outputs (`[b, o]` for one output per sequence).
+      batch: the targets `[b, t]` (`[b]`) and masks of the same shape.
+
+    Returns:
+      `(loss, accuracy)`, scalars: the loss averaged over `loss_mask` positions,
+      the accuracy over `eval_mask` positions (argmax for classes; within
+      `task.tolerance` for regression).
+    """
+    return _ratios(scored_sums(task, outputs, batch))
+
+
+def dataset_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+    """`[b]` int32: the training examples that the run with `seed` gathers at `step` from
+    a dataset of `num_examples` (see `seqjax.data.datasets`), as the compiled step does."""
+    order = _stream(jnp.int32(seed), _ORDER_STREAM)
+    return np.asarray(datasets.epoch_indices(order, jnp.int32(step), num_examples, batch_size))
+
+
+def _split_data(task: Any, split: str, mesh: Mesh | None) -> Batch | None:
+    """A dataset's split on the device (replicated over a mesh), passed to the compiled
+    programs as an argument (a captured constant would be copied into the program);
+    None for a generated task."""
+    if not hasattr(task, "arrays"):
+        return None
+    return jax.device_put(task.arrays(split), None if mesh is None else distributed.replicated(mesh))
 
 
 def _stream(seed: Array, stream: int) -> Array:
@@ -164,22 +203,31 @@ def make_train_chunk(
     optimizer: optax.GradientTransformation,
     mesh: Mesh | None = None,
 ):
-    """A jitted `(states [R]) -> (states, metrics)` that takes `log_every` steps of every
-    run without returning to the host: metrics `[R, log_every]` (loss, accuracy,
-    grad_norm) and `[R]` (params_finite, after the chunk). The input states are donated.
-    With a mesh, states stay split along `runs`, each step's batch is split along
-    `data`, and the metrics come back replicated."""
+    """A `(states [R]) -> (states, metrics)` that takes `log_every` steps of every
+    run in one compiled call, without returning to the host: metrics `[R, log_every]`
+    (loss, accuracy, grad_norm) and `[R]` (params_finite, after the chunk). The input
+    states are donated. With a mesh, states stay split along `runs`, each step's batch
+    is split along `data`, and the metrics come back replicated.
+
+    A generated task samples each batch from the run's seed and step; a dataset
+    (`seqjax.data.datasets`) gathers it from its training split on the device."""
 
     windows = num_windows(task, config)
+    data = _split_data(task, "train", mesh)
 
-    def step(state: TrainState, _):
+    def step(data: Batch | None, state: TrainState, _):
         key = jax.random.fold_in(_stream(state.seed, _TRAIN_STREAM), state.step)
         data_key, dropout_key = jax.random.split(key)
-        if config.tbptt is not None:
-            # Every window of a sequence draws the same sequence: its key is the first window's.
-            first = state.step - state.step % windows
-            data_key = jax.random.split(jax.random.fold_in(_stream(state.seed, _TRAIN_STREAM), first))[0]
-        batch = task.sample(data_key, config.batch_size, config.length)
+        if data is not None:
+            # Every window of a sequence (truncated BPTT) reads the same examples.
+            order = _stream(state.seed, _ORDER_STREAM)
+            batch = datasets.training_batch(data, order, state.step // windows, config.batch_size)
+        else:
+            if config.tbptt is not None:
+                # Every window of a sequence draws the same sequence: its key is the first window's.
+                first = state.step - state.step % windows
+                data_key = jax.random.split(jax.random.fold_in(_stream(state.seed, _TRAIN_STREAM), first))[0]
+            batch = task.sample(data_key, config.batch_size, config.length)
         if mesh is not None:
             batch = distributed.shard_batch(batch, mesh)
 
@@ -222,8 +270,8 @@ def make_train_chunk(
         state = state._replace(params=params, opt_state=opt_state, step=state.step + 1, carry=carry)
         return state, metrics
 
-    def chunk(state: TrainState):
-        state, metrics = jax.lax.scan(step, state, None, length=config.log_every)
+    def chunk(state: TrainState, data: Batch | None):
+        state, metrics = jax.lax.scan(functools.partial(step, data), state, None, length=config.log_every)
         # Checked before a checkpoint is written: a finite loss can precede inf weights.
         metrics["params_finite"] = jnp.all(
             jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)])
@@ -231,33 +279,40 @@ def make_train_chunk(
         return state, metrics
 
     out_shardings = mesh and (distributed.runs_sharding(mesh), distributed.replicated(mesh))
-    return _jit(_vmap_runs(chunk, mesh), mesh, out_shardings, donate_argnums=0)
+    program = _jit(_vmap_runs(chunk, mesh, in_axes=(0, None)), mesh, out_shardings, donate_argnums=0)
+    return lambda state: program(state, data)
 
 
 def make_evaluate(
     model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = None, split: str = "validation"
 ):
-    """A jitted `(params [R], seeds [R], length) -> (loss [R], accuracy [R])` on
-    `config.eval_batches` batches of the run's `split` stream ("validation" or "test":
-    independent of each other and of training; the same batches at every call);
-    `length` is static. With a mesh, batches are split along `data` and the results
-    come back replicated."""
+    """A compiled `(params [R], seeds [R], length) -> (loss [R], accuracy [R])`, pooled
+    over every scored position of its batches; `length` is static. A generated task
+    is scored on `config.eval_batches` batches of the run's `split` stream
+    ("validation" or "test": independent of each other and of training; the same
+    batches at every call); a dataset on the whole `split`, every example once.
+    With a mesh, batches are split along `data` and the results come back replicated."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     stream = SPLITS[split]
+    data = _split_data(task, split, mesh)
+    batches = config.eval_batches if data is None else task.num_batches(split, config.batch_size)
 
-    def evaluate(params, seed, length):
+    def evaluate(params, seed, length, data):
         def one(i):
-            batch = task.sample(jax.random.fold_in(_stream(seed, stream), i), config.batch_size, length)
+            if data is None:
+                batch = task.sample(jax.random.fold_in(_stream(seed, stream), i), config.batch_size, length)
+            else:
+                batch = datasets.evaluation_batch(data, i, config.batch_size)
             if mesh is not None:
                 batch = distributed.shard_batch(batch, mesh)
-            return loss_and_metrics(task, model.apply(params, batch.inputs, lengths=batch.lengths), batch)
+            return scored_sums(task, model.apply(params, batch.inputs, lengths=batch.lengths), batch)
 
-        losses, accuracies = jax.lax.map(one, jnp.arange(config.eval_batches))
-        return losses.mean(), accuracies.mean()
+        return _ratios(jax.lax.map(one, jnp.arange(batches)).sum(axis=0))
 
-    vmapped = _vmap_runs(evaluate, mesh, in_axes=(0, 0, None))
-    return _jit(vmapped, mesh, mesh and distributed.replicated(mesh), static_argnums=2)
+    vmapped = _vmap_runs(evaluate, mesh, in_axes=(0, 0, None, None))
+    program = _jit(vmapped, mesh, mesh and distributed.replicated(mesh), static_argnums=2)
+    return lambda params, seeds, length: program(params, seeds, length, data)
 
 
 @functools.cache
@@ -358,7 +413,8 @@ def train(
         (and, with `config.tbptt`, `initial_state(batch, max_len=)` and `stream`, as
         `SequenceModel` has); its `output_size`, `vocab_size` and `input_size`, where
         it has them, must be the task's.
-      task: a `seqjax.tasks` task.
+      task: a `seqjax.tasks` task, or a `seqjax.data.datasets.Dataset` (then
+        `config.length` is its steps t, and evaluation reads whole splits).
       config: the shared settings.
       seeds, learning_rates: one entry per run; ints in [0, 2**31) and finite rates > 0.
       workdir: where `metrics.jsonl`, `run.json` and `checkpoints/` go; locked while
@@ -387,6 +443,9 @@ def train(
       NonFiniteError: with `on_nonfinite="stop"`, naming the runs and the step.
     """
     _check_runs(model, task, seeds, learning_rates)
+    task.num_steps(config.length)  # a dataset refuses a length that is not its own
+    if hasattr(task, "check_batch_size"):
+        task.check_batch_size(config.batch_size, "config.batch_size")
     on_nonfinite = as_enum(OnNonFinite, on_nonfinite, "on_nonfinite")
     if mesh is not None:
         distributed.check_divisible(mesh, len(seeds), config.batch_size)
