@@ -75,9 +75,13 @@ def load(name: str) -> Dataset:
 def experiment(name: str) -> common.Experiment:
     """One data set's experiment, at its own sequence length.
 
-    Defaults chosen by measurement on a 2-core CPU: width 64, one layer, 1000 steps
-    of batch 64 at rate 3e-3 (the Transformer 1e-3), three seeds; a run stops early
-    once it classifies the whole validation split right.
+    Defaults: width 64, one layer, 1000 steps of batch 64 at rate 3e-3 (the
+    Transformer 1e-3), three seeds; a run stops early once it classifies the whole
+    validation split right. Measured on a 2-core CPU: the four data sets and the
+    default four families in 7 minutes, Japanese Vowels at 0.94-0.98 test accuracy
+    for every family (100 steps already gave 0.96-0.98), the 64-pixel digits at
+    0.86-0.90 with the recurrent models overfitting (training accuracy 0.90-1.00), so
+    more steps would not help without regularisation (`--weight_decay`).
     """
     data = load(name)
     return dataclasses.replace(
