@@ -51,6 +51,7 @@ from seqjax import registry
 from seqjax.models import SequenceModel, count_params
 from seqjax.models.transformer import Positional
 from seqjax.training import (
+    COMPUTE_DTYPES,
     NonFiniteError,
     OnNonFinite,
     Optimizer,
@@ -142,6 +143,12 @@ flags.DEFINE_integer(
     None,
     "Truncated BPTT: read each sequence in windows of this many steps, one update per window, "
     "the model's state carried (without gradient) between them and kept in checkpoints. Unset: off.",
+)
+flags.DEFINE_enum(
+    "compute_dtype",
+    "float32",
+    list(COMPUTE_DTYPES),
+    "Mixed precision: bfloat16 runs the model in bfloat16, with float32 master weights, optimiser and loss.",
 )
 flags.DEFINE_string("config", None, "A run's config.json: rerun it (flags given explicitly still apply).")
 flags.DEFINE_integer(
@@ -244,6 +251,7 @@ class Settings:
     on_nonfinite: str = "stop"
     run_devices: int = 1
     tbptt: int | None = None
+    compute_dtype: str = "float32"
 
 
 def _parse(values: Sequence[str], kind: type, name: str) -> tuple:
@@ -378,6 +386,7 @@ def settings_from_flags(experiment: Experiment) -> Settings:
         on_nonfinite=FLAGS.on_nonfinite,
         run_devices=FLAGS.run_devices,
         tbptt=FLAGS.tbptt,
+        compute_dtype=FLAGS.compute_dtype,
     )
     try:
         check_settings(experiment, settings)
@@ -489,6 +498,7 @@ def _train_config(settings: Settings, length: int, solved_accuracy: float) -> Tr
         eval_every=settings.eval_every,
         checkpoint_every=settings.checkpoint_every,
         tbptt=settings.tbptt,
+        compute_dtype=settings.compute_dtype,
         stop_accuracy=solved_accuracy if settings.early_stopping else None,
         patience=settings.patience,
     )

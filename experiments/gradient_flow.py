@@ -42,6 +42,7 @@ from seqjax import registry
 from seqjax.analysis import diagnostics
 from seqjax.data import tasks
 from seqjax.models import SequenceModel
+from seqjax.recurrences import protocol
 from seqjax.training import TrainConfig, train
 
 # --models, --hidden_size, --batch_size, --num_heads, --positional and --workdir are
@@ -77,7 +78,7 @@ def _options(settings: common.Settings, spec: str, init: str) -> dict[str, Any] 
 
 def measure_cell(cell: Any, init: str, length: int, batch: int, scale: float) -> dict:
     """State-gradient profile and Jacobian spectrum of one cell and initialisation."""
-    hidden = cell.hidden_size
+    hidden = protocol.output_size(cell)
     params = cell.init(jax.random.key(0), INPUT_SIZE)
     if init == "scaled":
         params = scale_recurrence(cell, params, scale)

@@ -29,7 +29,7 @@ import numpy as np
 
 from seqjax import registry
 from seqjax.models import Recurrent
-from seqjax.recurrences.protocol import DenseRecurrence
+from seqjax.recurrences.protocol import DenseRecurrence, offers
 
 CELLS = ("rnn", "lstm", "gru")  # the families every peer has
 
@@ -98,7 +98,7 @@ class Job:
             forward += self.num_layers * 4.0 * b * t * t * m
             return forward * (3 if train else 1)
         cell = self.make_cell()
-        if not isinstance(cell, DenseRecurrence):  # the count below is a dense recurrence's
+        if not offers(cell, DenseRecurrence):  # the count below is a dense recurrence's
             return None
         num_gates = cell.num_gates
         n = 2 if self.bidirectional else 1

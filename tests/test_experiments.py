@@ -335,6 +335,28 @@ def test_parallelism_benchmark_runs_and_reports(tmp_path):
     assert (tmp_path / "parallelism.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_remat_benchmark_reports_less_memory_than_the_scan_it_chunks(tmp_path):
+    args = ["--models=gru,lstm:proj_size=4", "--length=512", "--batch_size=2", "--input_size=3"]
+    args += ["--hidden_size=8", "--chunks=sqrt,64", "--repeats=1", f"--workdir={tmp_path}"]
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.remat", *args], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {(r["model"], r["config"]): r for r in map(json.loads, (tmp_path / "results.jsonl").open())}
+    assert len(rows) == 2 * 4
+    for model in ("gru", "lstm:proj_size=4"):
+        assert rows[model, "remat=sqrt"]["temp_mb"] < rows[model, "autodiff"]["temp_mb"] / 2
+        assert rows[model, "remat=sqrt"]["path"] == "plain"
+    assert "| lstm:proj_size=4 | remat=64 | plain |" in (tmp_path / "results.md").read_text()
+    bad = subprocess.run(
+        [sys.executable, "-m", "experiments.remat", "--models=mingru", f"--workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode != 0 and "--models=mingru: remat chunks a scan of steps" in bad.stderr
+
+
 def test_streaming_benchmark_runs_and_reports(tmp_path):
     """A tiny decode benchmark: fixed-size recurrent state, a KV cache that grows as its formula."""
     args = [

@@ -4,6 +4,7 @@ Golden values come from `tests/golden/torch_golden.py` run against real PyTorch;
 when torch imports, fresh cases are also generated and checked live.
 """
 
+import functools
 import importlib.util
 
 import jax
@@ -14,7 +15,13 @@ import seqjax
 from tests.golden import torch_golden
 
 RTOL, ATOL = 1e-5, 1e-6
-LAYERS = {"rnn_tanh": seqjax.RNN, "rnn_relu": seqjax.RNN, "lstm": seqjax.LSTM, "gru": seqjax.GRU}
+LAYERS = {
+    "rnn_tanh": seqjax.RNN,
+    "rnn_relu": seqjax.RNN,
+    "lstm": seqjax.LSTM,
+    "gru": seqjax.GRU,
+    "lstm_proj": functools.partial(seqjax.LSTM, proj_size=torch_golden.PROJ),
+}
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
@@ -34,10 +41,10 @@ def check_against_torch(case: dict, arrays: dict) -> None:
     params = layer.params_from_torch(sd)
     state = None
     if "h0" in arrays:
-        state = (arrays["h0"], arrays["c0"]) if case["mode"] == "lstm" else arrays["h0"]
+        state = (arrays["h0"], arrays["c0"]) if case["mode"].startswith("lstm") else arrays["h0"]
     outputs, final = layer.apply(params, arrays["inputs"], state, lengths=arrays.get("lengths"))
     np.testing.assert_allclose(outputs, arrays["outputs"], rtol=RTOL, atol=ATOL)
-    if case["mode"] == "lstm":
+    if case["mode"].startswith("lstm"):
         np.testing.assert_allclose(final[0], arrays["h_n"], rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(final[1], arrays["c_n"], rtol=RTOL, atol=ATOL)
     else:
@@ -72,14 +79,14 @@ def test_matches_torch_live(mode):
         check_against_torch(case, torch_golden.make_case(**case, seed=1000 + seed))
 
 
-@pytest.mark.parametrize("layer_cls", [seqjax.RNN, seqjax.LSTM, seqjax.GRU])
+@pytest.mark.parametrize("layer_cls", [seqjax.RNN, seqjax.LSTM, seqjax.GRU, LAYERS["lstm_proj"]])
 @pytest.mark.parametrize("bias", [True, False])
 def test_round_trip_is_exact(layer_cls, bias, key):
     layer = layer_cls(3, 5, num_layers=2, bidirectional=True, bias=bias)
     params = layer.init(key)
     sd = layer.params_to_torch(params)
     gates = layer.cell.num_gates
-    assert sd["weight_ih_l1_reverse"].shape == (gates * 5, 10)
+    assert sd["weight_ih_l1_reverse"].shape == (gates * 5, 2 * layer.output_size)
     assert ("bias_hh_l0" in sd) == bias
     back = layer.params_from_torch(sd)
     assert jax.tree.structure(back) == jax.tree.structure(params)
@@ -87,6 +94,7 @@ def test_round_trip_is_exact(layer_cls, bias, key):
         np.testing.assert_array_equal(a, b)
     # PyTorch stores [out, in]: the input-to-hidden weight is the transposed w_ih.
     np.testing.assert_array_equal(sd["weight_ih_l0"], np.asarray(params[0][0]["w_ih"]).T)
+    assert ("weight_hr_l1_reverse" in sd) == (layer.output_size != layer.hidden_size)
 
 
 def test_state_dict_errors(key):
@@ -99,3 +107,10 @@ def test_state_dict_errors(key):
         layer.params_from_torch({**sd, "weight_hh_l2": sd["weight_hh_l1"]})
     with pytest.raises(ValueError, match=r"state_dict\['weight_ih_l1'\] must have shape \(20, 5\)"):
         layer.params_from_torch({**sd, "weight_ih_l1": np.zeros((20, 3), np.float32)})
+
+
+def test_options_without_a_torch_counterpart_are_refused(key):
+    for option in ("layer_norm", "peepholes"):
+        layer = seqjax.LSTM(3, 5, **{option: True})
+        with pytest.raises(ValueError, match=f"PyTorch's recurrent layers have no {option}"):
+            layer.params_to_torch(layer.init(key))

@@ -65,6 +65,24 @@ def test_loss_and_metrics_against_numpy():
     np.testing.assert_allclose(accuracy, (hits * eval_mask).sum() / eval_mask.sum(), rtol=1e-6)
 
 
+def test_mixed_precision_keeps_float32_master_weights(tmp_path):
+    """bfloat16 compute moves the weights (the casts took effect) a little off the
+    float32 run's path; the master weights and the optimiser state stay float32."""
+    half = dataclasses.replace(CONFIG, compute_dtype="bfloat16")
+    full_state, full = train(MODEL, TASK, CONFIG, [0], [1e-2], tmp_path / "f32")
+    half_state, mixed = train(MODEL, TASK, half, [0], [1e-2], tmp_path / "bf16")
+    for leaf in jax.tree.leaves((half_state.params, half_state.opt_state)):
+        assert leaf.dtype != jax.numpy.bfloat16
+    drift = [
+        float(np.abs(a - b).max())
+        for a, b in zip(jax.tree.leaves(full_state.params), jax.tree.leaves(half_state.params), strict=True)
+    ]
+    assert 0 < max(drift) < 0.05
+    np.testing.assert_allclose(final_losses(mixed, 20), final_losses(full, 20), rtol=0.05)
+    with pytest.raises(ValueError, match="compute_dtype must be one of 'float32', 'bfloat16'; got 'float16'"):
+        TrainConfig(length=4, compute_dtype="float16")
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="eval_every=7 must be a multiple of log_every=5"):
         TrainConfig(length=4, log_every=5, eval_every=7)

@@ -95,7 +95,12 @@ def test_layers(lstm):
             ValueError,
             "forget_bias needs bias=True",
         ),
-        ("unknown switch", lambda: seqjax.LSTM(D, H, cpu_kernal=True), TypeError, "cpu_kernal"),
+        (
+            "unknown switch",
+            lambda: seqjax.LSTM(D, H, cpu_kernal=True),
+            ValueError,
+            "LSTM takes no option 'cpu_kernal'",
+        ),
         (
             "cpu_kernel 'yes'",
             lambda: seqjax.LSTM(D, H, cpu_kernel="yes"),

@@ -1,10 +1,11 @@
 """Exact conversion between seqjax layer parameters and PyTorch `state_dict`s.
 
 PyTorch names a layer's weights `weight_ih_l{k}`, `weight_hh_l{k}`, `bias_ih_l{k}`,
-`bias_hh_l{k}`, with a `_reverse` suffix for the backward direction, and stores
-matrices `[out, in]` (`[g*h, d]`); seqjax stores them `[in, out]`. The gate order
-is the same, so conversion is a transpose: exact both ways. torch itself is not
-needed: state_dicts are given as NumPy arrays (`{k: v.numpy() for k, v in
+`bias_hh_l{k}` (and `weight_hr_l{k}` for an LSTM with `proj_size`), with a
+`_reverse` suffix for the backward direction, and stores matrices `[out, in]`
+(`[g*h, d]`); seqjax stores them `[in, out]`. The gate order is the same, so
+conversion is a transpose: exact both ways. torch itself is not needed:
+state_dicts are given as NumPy arrays (`{k: v.numpy() for k, v in
 module.state_dict().items()}`).
 """
 
@@ -21,14 +22,21 @@ _NAMES = {
     "w_hh": ("weight_hh", True),
     "b_ih": ("bias_ih", False),
     "b_hh": ("bias_hh", False),
+    "w_hr": ("weight_hr", True),
 }
 
 
 def _expected(layer: Any) -> dict[str, tuple[int, int, str, tuple[int, ...]]]:
     """PyTorch key -> (layer, direction, seqjax name, PyTorch shape)."""
-    gh = layer.cell.num_gates * layer.hidden_size
-    shapes = {"w_ih": None, "w_hh": (gh, layer.hidden_size), "b_ih": (gh,), "b_hh": (gh,)}
-    names = ["w_ih", "w_hh"] + (["b_ih", "b_hh"] if layer.cell.bias else [])
+    cell = layer.cell
+    beyond = [o for o in ("layer_norm", "peepholes") if getattr(cell, o, False)]
+    if beyond:
+        raise ValueError(
+            f"PyTorch's recurrent layers have no {' or '.join(beyond)}: no state_dict holds them"
+        )
+    gh, h, p = cell.num_gates * layer.hidden_size, layer.hidden_size, layer.output_size
+    shapes = {"w_ih": None, "w_hh": (gh, p), "b_ih": (gh,), "b_hh": (gh,), "w_hr": (p, h)}
+    names = ["w_ih", "w_hh"] + (["b_ih", "b_hh"] if cell.bias else []) + (["w_hr"] if p != h else [])
     out = {}
     for l in range(layer.num_layers):
         for d in range(layer.num_directions):

@@ -32,7 +32,7 @@ from seqjax import validation
 from seqjax.interop import torch_weights
 from seqjax.recurrences import cells, cudnn, lru, mamba, min_rnn, paths, scan
 from seqjax.recurrences.cells import Nonlinearity, RecurrentInit
-from seqjax.recurrences.protocol import Cell, check_cell
+from seqjax.recurrences.protocol import Cell, TrainingNoise, check_cell, offers, output_size
 from seqjax.validation import check_positive_int
 
 Array = jax.Array
@@ -61,11 +61,12 @@ class Recurrent:
         its length); outputs concatenate the two.
       batch_first: inputs and outputs are `[b, t, *]` instead of `[t, b, *]`.
       dropout: rate between layers (not after the last), in training only.
-      unroll, hoist_projection, custom_backward, cpu_kernel, method, cudnn: how
-        the time loop runs; see `seqjax.recurrences.paths.Switches`. None picks
-        what was measured fastest on the backend among the paths the cell allows
-        (`path` says which); True for a capability the cell lacks raises a
-        ValueError here.
+      unroll, hoist_projection, custom_backward, cpu_kernel, method, cudnn, remat:
+        how the time loop runs; see `seqjax.recurrences.paths.Switches` (`remat`:
+        recompute chunks of steps in the backward pass instead of storing them).
+        None picks what was measured fastest on the backend among the paths the
+        cell allows (`path` says which); True for a capability the cell lacks
+        raises a ValueError here.
 
     >>> layer = Recurrent(cells.GRUCell(8), input_size=4, num_layers=2, bidirectional=True)
     >>> params = layer.init(jax.random.key(0))
@@ -87,6 +88,7 @@ class Recurrent:
     cpu_kernel: bool | None = None
     method: str | None = None
     cudnn: bool = False
+    remat: int | bool = False
 
     def __post_init__(self):
         check_cell(self.cell)
@@ -107,18 +109,30 @@ class Recurrent:
         return self.cell.hidden_size
 
     @property
+    def output_size(self) -> int:
+        """The width of each direction's outputs: the cell's (`proj_size` for a projected
+        LSTM), else h."""
+        return output_size(self.cell)
+
+    @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
     @property
     def switches(self) -> paths.Switches:
         return paths.Switches(
-            self.hoist_projection, self.custom_backward, self.cpu_kernel, self.unroll, self.method, self.cudnn
+            self.hoist_projection,
+            self.custom_backward,
+            self.cpu_kernel,
+            self.unroll,
+            self.method,
+            self.cudnn,
+            self.remat,
         )
 
     def layer_input_size(self, layer: int) -> int:
         """Feature size that layer `layer` (0-based) reads."""
-        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+        return self.input_size if layer == 0 else self.output_size * self.num_directions
 
     def init(self, key: Array, dtype: Any = jnp.float32) -> Params:
         """Draws parameters: `params[layer][direction]` as in the module docstring."""
@@ -161,9 +175,10 @@ class Recurrent:
             Padded positions may hold anything (NaN included): they are never read.
             Inside `jit` the values are not checked; a length above t acts as t,
             one below 0 as 0.
-          key: PRNG key for dropout between layers; needed when `dropout > 0` and
-            not `deterministic`.
-          deterministic: if True, no dropout.
+          key: PRNG key for dropout between layers and the cell's own training noise
+            (`seqjax.recurrences.protocol.TrainingNoise`: variational dropout,
+            zoneout); needed for either when not `deterministic`.
+          deterministic: if True, no dropout and no noise: the cell's evaluation step.
 
         Returns:
           `(outputs, final_state)`: outputs `[t, b, n*h]` (`[b, t, n*h]` if
@@ -196,23 +211,32 @@ class Recurrent:
         state = self._check_state(initial_state, batch, dtype, unbatched)
         validation.check_bool(deterministic, "deterministic")
         use_dropout = self.dropout > 0 and not deterministic and self.num_layers > 1
-        if use_dropout:
+        noisy = not deterministic and offers(self.cell, TrainingNoise)
+        if use_dropout or noisy:
             if key is None:
-                raise ValueError("key is required when dropout > 0 and deterministic=False")
+                what = (
+                    "dropout > 0"
+                    if use_dropout
+                    else f"the cell's training noise ({type(self.cell).__name__})"
+                )
+                raise ValueError(f"key is required with {what} and deterministic=False")
             validation.check_key(key)
 
         outputs, final_state = self._run(
-            params, xs, state, lengths, key if use_dropout else None, use_dropout, time_major
+            params, xs, state, lengths, key if use_dropout or noisy else None, use_dropout, noisy, time_major
         )
         if unbatched:
             return outputs[:, 0], jax.tree.map(lambda s: s[:, 0], final_state)
         return outputs, final_state
 
-    def path(self, params: Params, dtype: Any = None) -> str:
+    def path(self, params: Params, dtype: Any = None, *, deterministic: bool = True) -> str:
         """The name of the path (`seqjax.recurrences.paths.Path`) that `apply` takes on
         this backend for these parameters and inputs and state of `dtype` (the
-        parameters' dtype if None): "kernel", "cudnn", "hoisted", ..."""
+        parameters' dtype if None): "kernel", "cudnn", "hoisted", ...; with
+        `deterministic=False`, "noise" for a cell with training noise."""
         dtype = validation.check_params(self, params, "init() of this layer") if dtype is None else dtype
+        if not deterministic and offers(self.cell, TrainingNoise):
+            return paths.Path.NOISE.value
         carry = jax.eval_shape(lambda: self.cell.initial_carry((1,), dtype))
         inputs = jax.ShapeDtypeStruct((1, 1, self.input_size), dtype)
         return paths.choose(self.cell, self.switches, params, carry, inputs).value
@@ -254,12 +278,12 @@ class Recurrent:
             finals.append(carry)
         return jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals), x
 
-    @functools.partial(jax.jit, static_argnums=(0, 6, 7))
-    def _run(self, params, xs, state, lengths, key, use_dropout, time_major):
+    @functools.partial(jax.jit, static_argnums=(0, 6, 7, 8))
+    def _run(self, params, xs, state, lengths, key, use_dropout, noisy, time_major):
         """xs: [t, b, d] ([b, t, d] if not time_major), state [L*n, b, ...] -> (outputs
         [t, b, n*h] (or [b, t, n*h]), final state [L*n, b, ...])."""
         carries = self._carries(state)
-        path = paths.choose(self.cell, self.switches, params, carries, xs)
+        path = paths.Path.NOISE if noisy else paths.choose(self.cell, self.switches, params, carries, xs)
         # The kernel and cuDNN read batch-major arrays as they are; the scans need time-major.
         transpose = not time_major and path not in paths.BATCH_MAJOR
         if transpose:
@@ -275,6 +299,10 @@ class Recurrent:
         for l, layer_params in enumerate(params):
             ys = []
             for d, p in enumerate(layer_params):
+                noise = None
+                if noisy:
+                    key, sub = jax.random.split(key)
+                    noise = self.cell.draw_noise(sub, xs)
                 carry, y = paths.run(
                     path,
                     self.cell,
@@ -285,6 +313,7 @@ class Recurrent:
                     lengths=lengths,
                     reverse=d == 1,
                     time_major=time_major,
+                    noise=noise,
                 )
                 finals.append(carry)
                 ys.append(y)
@@ -347,7 +376,7 @@ class _CellLayer(Recurrent):
 
     _cell_type: ClassVar[type]
     _SWITCHES: ClassVar[tuple[str, ...]] = (
-        "unroll", "hoist_projection", "custom_backward", "cpu_kernel", "method", "cudnn",
+        "unroll", "hoist_projection", "custom_backward", "cpu_kernel", "method", "cudnn", "remat",
     )  # fmt: skip
 
     def __init__(
@@ -362,6 +391,13 @@ class _CellLayer(Recurrent):
         **options: Any,
     ):
         switches = {name: options.pop(name) for name in self._SWITCHES if name in options}
+        known = {f.name for f in dataclasses.fields(self._cell_type) if f.init} - {"hidden_size"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} takes no option {', '.join(map(repr, unknown))}; its cell's options "
+                f"are {', '.join(sorted(known))}, and the switches {', '.join(self._SWITCHES)}"
+            )
         super().__init__(
             self._cell_type(hidden_size, **options), input_size, num_layers, bidirectional=bidirectional,
             batch_first=batch_first, dropout=dropout, **switches,
@@ -488,13 +524,16 @@ class RNN(_TorchLayer):
 
 
 class LSTM(_TorchLayer):
-    """Multi-layer LSTM, as PyTorch's `nn.LSTM` (without `proj_size`): `Recurrent`
-    over `seqjax.cells.LSTMCell`. The state is a pair `(h, c)`.
+    """Multi-layer LSTM, as PyTorch's `nn.LSTM`: `Recurrent` over
+    `seqjax.cells.LSTMCell`. The state is a pair `(h, c)`: h `[L*n, b, p]` (p =
+    proj_size, else h) and c `[L*n, b, h]`; outputs `[t, b, n*p]`.
 
     Arguments as PyTorch's, in PyTorch's order: input_size, hidden_size,
-    num_layers, bias, batch_first, dropout, bidirectional. Keyword-only:
-    recurrent_init, forget_bias (the forget gate's initial total bias; see
-    `seqjax.cells.LSTMCell`), and the switches of `Recurrent` (`cudnn=True` runs
+    num_layers, bias, batch_first, dropout, bidirectional, then keyword-only
+    proj_size (`weight_hr_l{k}` in the state_dict). Keyword-only: the cell's
+    options (recurrent_init, forget_bias, peepholes, layer_norm, input_dropout,
+    recurrent_dropout, zoneout; see `seqjax.cells.LSTMCell`), and the switches of
+    `Recurrent` (`cudnn=True` runs
     cuDNN's LSTM on a CUDA GPU, `seqjax.recurrences.cudnn`; `params_to_cudnn` and
     `params_from_cudnn` convert to and from its flat weights).
 
@@ -510,6 +549,10 @@ class LSTM(_TorchLayer):
     @property
     def forget_bias(self) -> float | None:
         return self.cell.forget_bias
+
+    @property
+    def proj_size(self) -> int:
+        return self.cell.proj_size
 
     def params_to_cudnn(self, params: Params) -> Array:
         """cuDNN's flat weights `[n]` (the vector `jax.experimental.rnn.lstm` takes,

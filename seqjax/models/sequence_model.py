@@ -202,11 +202,17 @@ class SequenceModel:
         )
 
     @property
+    def _width(self) -> int:
+        """The backbone's output width per direction (a projected LSTM's proj_size)."""
+        return getattr(self.backbone, "output_size", self.hidden_size)
+
+    @property
     def _features(self) -> int:
-        return self.hidden_size * (2 if self.bidirectional else 1)
+        return self._width * (2 if self.bidirectional else 1)
 
     def init(self, key: Array, dtype: Any = jnp.float32) -> dict[str, Any]:
-        """Parameters `{"backbone": ..., "head": {"w": [f, o], "b": [o]}}`, f = h (2h bidirectional)."""
+        """Parameters `{"backbone": ..., "head": {"w": [f, o], "b": [o]}}`, f = h (2h
+        bidirectional; the projected width for an LSTM with `proj_size`)."""
         k_backbone, k_head = jax.random.split(key)
         w = jax.nn.initializers.lecun_normal()(k_head, (self._features, self.output_size), dtype)
         return {
@@ -242,7 +248,7 @@ class SequenceModel:
         last = jnp.take_along_axis(features, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
         if not self.bidirectional:
             return last
-        return jnp.concatenate([last[:, : self.hidden_size], features[:, 0, self.hidden_size :]], axis=-1)
+        return jnp.concatenate([last[:, : self._width], features[:, 0, self._width :]], axis=-1)
 
     def _check_steps(self, what: str) -> None:
         if self.readout != "steps":

@@ -40,7 +40,7 @@ import numpy as np
 
 from seqjax.recurrences import scan as scan_lib
 from seqjax.recurrences.cells import LSTMState
-from seqjax.recurrences.protocol import DenseRecurrence
+from seqjax.recurrences.protocol import DenseRecurrence, offers
 
 Array = jax.Array
 
@@ -168,7 +168,7 @@ def unavailable_reason() -> str | None:
 def has_loop(cell: Any) -> bool:
     """Whether one of the fused loops computes `cell` (a `DenseRecurrence` cell whose
     `kernel` attribute is one of `KINDS`)."""
-    return isinstance(cell, DenseRecurrence) and getattr(cell, "kernel", None) in KINDS
+    return offers(cell, DenseRecurrence) and getattr(cell, "kernel", None) in KINDS
 
 
 def supports(cell: Any, *arrays: Any) -> bool:

@@ -41,7 +41,7 @@ from jax.experimental.layout import Layout, with_layout_constraint
 
 from seqjax.recurrences.cells import LSTMState
 from seqjax.recurrences.linear import reverse_within
-from seqjax.recurrences.protocol import DenseRecurrence
+from seqjax.recurrences.protocol import DenseRecurrence, offers
 
 Array = jax.Array
 GATES = 4  # cuDNN's LSTM; the only cell JAX exposes
@@ -51,7 +51,7 @@ KINDS = frozenset({"lstm"})  # the cells' `kernel` kinds that cuDNN computes thr
 def computes(cell: Any) -> bool:
     """Whether cuDNN's LSTM computes `cell`: a `DenseRecurrence` cell whose `kernel`
     attribute is "lstm" (PyTorch's LSTM maths; see `seqjax.recurrences.protocol`)."""
-    return isinstance(cell, DenseRecurrence) and getattr(cell, "kernel", None) in KINDS
+    return offers(cell, DenseRecurrence) and getattr(cell, "kernel", None) in KINDS
 
 
 def available() -> bool:

@@ -19,6 +19,11 @@ without it takes the next path that applies; `PLAIN` runs every cell):
     HOISTED     one matmul projects every step, then `lax.scan` of `step_projected`,
                 differentiated by JAX: `ProjectsInput`. Default on other backends.
     PLAIN       `lax.scan` of `step` on the raw inputs, differentiated by JAX.
+    NOISE       training only, for a cell with noise of its own (`TrainingNoise`:
+                variational dropout, zoneout): `lax.scan` of `noisy_step` on the raw
+                inputs and the noise `draw_noise` drew, differentiated by JAX.
+                `choose` names the evaluation path; layers take this one when
+                they draw noise.
 
 The defaults are what `experiments/throughput.py` measured fastest (README,
 "Throughput"): on CPU the fused loop; on an H200 GPU the hand-written backward
@@ -33,13 +38,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from typing import Any
 
 import jax
 
 from seqjax import validation
 from seqjax.recurrences import cpu_kernel, cudnn, linear, scan
-from seqjax.recurrences.protocol import DenseRecurrence, ProjectsInput, RunsSequence
+from seqjax.recurrences.protocol import DenseRecurrence, ProjectsInput, RunsSequence, offers
 
 Array = jax.Array
 
@@ -51,6 +57,7 @@ class Path(enum.Enum):
     SCAN_CELL = "scan_cell"
     HOISTED = "hoisted"
     PLAIN = "plain"
+    NOISE = "noise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +82,11 @@ class Switches:
       cudnn: run cuDNN's LSTM (`seqjax.recurrences.cudnn`); a ValueError where it
         cannot, saying why. Off by default: slower than the unrolled scan on the
         GPU measured.
+      remat: trade compute for memory in training: the scan runs in chunks of
+        `remat` steps (True: sqrt(t), rounded up), each under `jax.checkpoint`
+        (`seqjax.scan.scan`), and JAX differentiates it: the `HOISTED`, `PLAIN`
+        and `NOISE` paths. The fused loop and the hand-written backward pass keep
+        every step's residuals and are not used.
     """
 
     hoist_projection: bool | None = None
@@ -83,6 +95,7 @@ class Switches:
     unroll: int | None = None
     method: str | None = None
     cudnn: bool = False
+    remat: int | bool = False
 
     def check(self, cell: Any) -> None:
         """Raises a ValueError for a switch set to True that the cell has no capability for."""
@@ -93,14 +106,14 @@ class Switches:
             value = getattr(self, name)
             if value not in (None, True, False):
                 raise TypeError(f"{name} must be True, False or None; got {value!r}")
-            if value and not isinstance(cell, needed):
+            if value and not offers(cell, needed):
                 raise ValueError(
                     f"{name}=True needs a cell with the {capability} capability "
                     f"(seqjax.recurrences.protocol); {type(cell).__name__} has not"
                 )
         if self.method is not None:
             validation.as_enum(linear.Method, self.method, "method")
-            if not isinstance(cell, RunsSequence):
+            if not offers(cell, RunsSequence):
                 raise ValueError(
                     f"method={self.method!r} needs a cell with the RunsSequence capability "
                     f"(seqjax.recurrences.protocol); {type(cell).__name__} has not"
@@ -111,6 +124,16 @@ class Switches:
             raise TypeError(f"cudnn must be True or False; got {self.cudnn!r}")
         if self.unroll is not None:
             validation.check_positive_int(self.unroll, "unroll")
+        if self.remat is not False:
+            if self.remat is not True:
+                validation.check_positive_int(self.remat, "remat")
+            for name in ("custom_backward", "cpu_kernel", "cudnn"):
+                if getattr(self, name):
+                    raise ValueError(f"remat needs JAX's differentiation of the scan; {name}=True is not")
+            if offers(cell, RunsSequence):
+                raise ValueError(
+                    f"remat chunks a scan of steps; {type(cell).__name__} runs whole sequences (RunsSequence)"
+                )
         if self.cudnn and not cudnn.computes(cell):
             raise ValueError(f"cudnn=True: {cudnn.unsupported_reason(cell)}")
         if self.cpu_kernel and not cpu_kernel.has_loop(cell):
@@ -127,7 +150,7 @@ BATCH_MAJOR = frozenset({Path.KERNEL, Path.CUDNN})
 
 def choose(cell: Any, switches: Switches, *arrays: Any) -> Path:
     """The path for `cell` on these arrays (params, carry, xs: their dtypes count)."""
-    if isinstance(cell, RunsSequence):
+    if offers(cell, RunsSequence):
         return Path.SEQUENCE
     if switches.cudnn:
         reason = cudnn.unsupported_reason(cell, *arrays)
@@ -137,8 +160,10 @@ def choose(cell: Any, switches: Switches, *arrays: Any) -> Path:
     backend = jax.default_backend()
     on_cpu = backend == "cpu"
     custom_backward = switches.custom_backward
+    if switches.remat is not False:
+        return Path.HOISTED if hoist(cell, switches) else Path.PLAIN
     if custom_backward is None:
-        custom_backward = backend in ("cpu", "gpu") and isinstance(cell, DenseRecurrence)
+        custom_backward = backend in ("cpu", "gpu") and offers(cell, DenseRecurrence)
     use_kernel = switches.cpu_kernel
     if use_kernel is None:
         use_kernel = (
@@ -165,11 +190,18 @@ def unroll(switches: Switches) -> int:
     return 8 if jax.default_backend() == "gpu" else 1
 
 
+def remat_chunk(switches: Switches, xs: Array) -> int | None:
+    """The steps per checkpointed chunk for `xs: [t, ...]`, or None without `remat`."""
+    if switches.remat is False:
+        return None
+    return math.isqrt(xs.shape[0] - 1) + 1 if switches.remat is True else switches.remat
+
+
 def hoist(cell: Any, switches: Switches) -> bool:
     """Whether the input projection runs before the scan (`HOISTED`, and inside `SCAN_CELL`)."""
     if switches.hoist_projection is not None:
         return switches.hoist_projection
-    return jax.default_backend() != "cpu" and isinstance(cell, ProjectsInput)
+    return jax.default_backend() != "cpu" and offers(cell, ProjectsInput)
 
 
 def run(
@@ -183,6 +215,7 @@ def run(
     lengths: Array | None = None,
     reverse: bool = False,
     time_major: bool = True,
+    noise: Any = None,
 ) -> tuple[Any, Array]:
     """Runs `cell` over `xs` on `path`.
 
@@ -196,6 +229,7 @@ def run(
       lengths: optional `[b]` valid lengths (see `seqjax.scan.scan`).
       reverse: run each sequence from its last valid step to its first.
       time_major: the layout of xs and ys.
+      noise: for `NOISE`, `cell.draw_noise(key, xs)`.
 
     Returns:
       `(final_carry, ys)`, ys `[t, b, h]` (`[b, t, h]` if not time_major).
@@ -213,6 +247,15 @@ def run(
     options = dict(lengths=lengths, reverse=reverse, unroll=unroll(switches))
     if path is Path.SCAN_CELL:
         return scan.scan_cell(cell, params, carry, xs, hoist=hoist(cell, switches), **options)
+    options["remat"] = remat_chunk(switches, xs)
     if path is Path.HOISTED:
         return scan.scan(cell.step_projected, params, carry, cell.project(params, xs), **options)
+    if path is Path.NOISE:
+        sequence, steps = noise
+
+        def step(p, c, inputs):
+            x, step_noise = inputs
+            return cell.noisy_step(p, c, x, (sequence, step_noise))
+
+        return scan.scan(step, params, carry, (xs, steps), **options)
     return scan.scan(cell.step, params, carry, xs, **options)

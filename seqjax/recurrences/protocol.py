@@ -12,8 +12,8 @@ models, streaming (`step` of layers and models) and the diagnostics need. Such a
 cell runs under `lax.scan` and is differentiated by JAX, on every backend.
 
 Fast paths need more, and a cell offers it by having a capability's attributes
-(checked with `isinstance` against these `typing.Protocol`s before use); a cell
-without one takes the plain path, never a failure deep in a trace:
+(checked with `offers`, i.e. `isinstance` against these `typing.Protocol`s, before
+use); a cell without one takes the plain path, never a failure deep in a trace:
 
 - `ProjectsInput`: the input enters `step` only through `project`, so a layer can
   project every time step in one large matmul before the scan.
@@ -27,6 +27,15 @@ without one takes the plain path, never a failure deep in a trace:
   linear recurrences do with a parallel scan over time
   (`seqjax.recurrences.linear`); layers then call `run_sequence` instead of
   looping over `step`.
+- `TrainingNoise`: the cell has noise of its own in training (variational
+  dropout, zoneout): layers draw it once per sequence with `draw_noise` and run
+  `noisy_step` when not deterministic; `step` is then the deterministic
+  (evaluation) step.
+
+A cell whose configuration rules a capability out although its class has the
+attributes (an LSTM with peepholes still has `update`, but its update is no
+longer parameter-free) lists that capability in a `declines` attribute; `offers`
+reads it.
 
 A cell that declares a capability promises that the fast path computes what its
 `step` computes; a subclass that changes the maths must drop the capability (set
@@ -143,6 +152,34 @@ class RunsSequence(Protocol):
         `seqjax.recurrences.linear.Method`); None is the cell's own choice.
         """
         ...
+
+
+@runtime_checkable
+class TrainingNoise(Protocol):
+    """Capability: noise in training, drawn once per sequence and step by the layer."""
+
+    def draw_noise(self, key: Array, xs: Array) -> tuple[Any, Any]:
+        """`(sequence_noise, step_noise)` for the time-major inputs `xs: [t, b, d]`:
+        step_noise's leaves are `[t, b, ...]` (one slice per step, or None)."""
+        ...
+
+    def noisy_step(
+        self, params: Params, carry: Carry, x: Array, noise: tuple[Any, Any]
+    ) -> tuple[Carry, Array]:
+        """A training step on `x: [b, d]`, given `(sequence_noise, this step's slice of step_noise)`."""
+        ...
+
+
+def offers(cell: Any, capability: type) -> bool:
+    """Whether `cell` has `capability` (one of this module's protocols): its class has
+    the attributes, and its configuration does not decline it (`cell.declines`)."""
+    return isinstance(cell, capability) and capability not in getattr(cell, "declines", ())
+
+
+def output_size(cell: Any) -> int:
+    """The width of the cell's outputs y: `cell.output_size` where a cell has one (an
+    LSTM with `proj_size`), else `cell.hidden_size`."""
+    return getattr(cell, "output_size", cell.hidden_size)
 
 
 def matmul(x: Array, w: Array) -> Array:

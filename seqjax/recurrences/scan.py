@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.recurrences.protocol import DenseRecurrence, recurrent_projection
+from seqjax.recurrences.protocol import DenseRecurrence, offers, recurrent_projection
 
 Array = jax.Array
 
@@ -69,6 +69,7 @@ def scan(
     lengths: Array | None = None,
     reverse: bool = False,
     unroll: int | bool = 1,
+    remat: int | None = None,
 ) -> tuple[Any, Array]:
     """Runs `step` over the leading (time) axis of `xs`.
 
@@ -77,7 +78,8 @@ def scan(
         inputs) or `step_projected` (on projected ones).
       params: the cell's parameters, closed over by every step.
       carry: initial carry, leaves `[b, ...]`.
-      xs: `[t, b, ...]`, time-major.
+      xs: `[t, b, ...]`, time-major (or a pytree of such arrays, which `step` receives
+        one step's slice of).
       lengths: optional `[b]` integers in `[0, t]`: example i is `xs[:lengths[i], i]`
         and the rest is padding. Outputs at padded steps are zero, and the final
         carry is the carry after the last valid step (the initial carry for a
@@ -86,13 +88,26 @@ def scan(
         with `lengths` each sequence is reversed within its own length. Outputs
         stay aligned with their inputs (`ys[t]` belongs to `xs[t]`).
       unroll: forwarded to `jax.lax.scan`.
+      remat: if given, k: the steps run in chunks of k under `jax.checkpoint`, so
+        that differentiation keeps only each chunk's first carry (and the outputs)
+        and recomputes a chunk's steps in the backward pass: memory
+        `O(t/k + k)` steps' intermediates instead of `O(t)`, for about one more
+        forward pass. k = sqrt(t) minimises it.
 
     Returns:
       `(final_carry, ys)` with ys: `[t, b, ...]`.
     """
-
+    num_steps = jax.tree.leaves(xs)[0].shape[0]
+    if remat is not None:
+        return _scan_in_chunks(step, params, carry, xs, lengths, reverse, unroll, remat, num_steps)
     if lengths is None:
         return jax.lax.scan(lambda c, x: step(params, c, x), carry, xs, reverse=reverse, unroll=unroll)
+    steps = jnp.arange(num_steps, dtype=lengths.dtype)
+    return jax.lax.scan(_masked(step, params, lengths), carry, (steps, xs), reverse=reverse, unroll=unroll)
+
+
+def _masked(step: Callable, params: Any, lengths: Array) -> Callable:
+    """The `lax.scan` body of `step` over `(step index, x_t)`, masked past each length."""
 
     def masked_step(c, inputs):
         t, x = inputs
@@ -102,8 +117,33 @@ def scan(
         # sequence starts from the initial carry at its own last valid step.
         return _mask(valid, new_c, c), _mask(valid, y, jnp.zeros_like(y))
 
-    steps = jnp.arange(xs.shape[0], dtype=lengths.dtype)
-    return jax.lax.scan(masked_step, carry, (steps, xs), reverse=reverse, unroll=unroll)
+    return masked_step
+
+
+def _scan_in_chunks(step, params, carry, xs, lengths, reverse, unroll, chunk, num_steps):
+    """`scan` as an outer scan over chunks of `chunk` steps, each chunk's inner scan
+    under `jax.checkpoint`. A last partial chunk is padded with masked steps."""
+    num_chunks = -(-num_steps // chunk)
+    pad = num_chunks * chunk - num_steps
+    if pad:
+        xs = jax.tree.map(lambda x: jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]), xs)
+        batch = jax.tree.leaves(carry)[0].shape[0]
+        lengths = jnp.full((batch,), num_steps, jnp.int32) if lengths is None else lengths
+    if lengths is None:
+        body = lambda c, x: step(params, c, x)  # noqa: E731
+        inputs = xs
+    else:
+        body = _masked(step, params, lengths)
+        inputs = (jnp.arange(num_chunks * chunk, dtype=lengths.dtype), xs)
+    inputs = jax.tree.map(lambda x: x.reshape(num_chunks, chunk, *x.shape[1:]), inputs)
+
+    @jax.checkpoint
+    def run_chunk(c, chunk_inputs):
+        return jax.lax.scan(body, c, chunk_inputs, reverse=reverse, unroll=unroll)
+
+    final, ys = jax.lax.scan(run_chunk, carry, inputs, reverse=reverse)
+    ys = jax.tree.map(lambda y: y.reshape(num_chunks * chunk, *y.shape[2:])[:num_steps], ys)
+    return final, ys
 
 
 def _mask_steps(lengths: Array | None, num_steps: int) -> Array | None:
@@ -251,7 +291,7 @@ def scan_cell(
     Raises:
       TypeError: the cell lacks the `DenseRecurrence` capability (run it with `scan`).
     """
-    if not isinstance(cell, DenseRecurrence):
+    if not offers(cell, DenseRecurrence):
         raise TypeError(
             f"scan_cell needs a cell with the DenseRecurrence capability (seqjax.recurrences.protocol); "
             f"{type(cell).__name__} has not: run it with scan(cell.step, ...)"

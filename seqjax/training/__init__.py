@@ -8,7 +8,7 @@ distributed:  device meshes (runs x data) and multi-process jobs.
 """
 
 from seqjax.training import checkpoints, distributed
-from seqjax.training.config import Optimizer, TrainConfig, make_optimizer
+from seqjax.training.config import COMPUTE_DTYPES, Optimizer, TrainConfig, make_optimizer
 from seqjax.training.loop import (
     NonFiniteError,
     OnNonFinite,
@@ -23,6 +23,7 @@ from seqjax.training.loop import (
 )
 
 __all__ = [
+    "COMPUTE_DTYPES",
     "NonFiniteError",
     "OnNonFinite",
     "Optimizer",

@@ -34,6 +34,9 @@ _SCALINGS = {
 }
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """What a group of runs shares.
@@ -62,6 +65,12 @@ class TrainConfig:
       patience: early stopping (None: off): a run is frozen after this many
         evaluations in a row without a new lowest validation loss. The group
         stops at the first evaluation at which every run is frozen.
+      compute_dtype: "float32", or "bfloat16" for mixed precision: the model's
+        forward and backward passes (parameters, float inputs, activations, the
+        recurrent carry) in bfloat16, while the master weights, gradients,
+        optimiser state, loss, softmax and metrics stay float32 (the outputs are
+        cast up before the loss), as do LayerNorm's statistics inside the cells.
+        Evaluation runs in the same dtype as training.
     """
 
     length: int
@@ -79,6 +88,7 @@ class TrainConfig:
     tbptt: int | None = None
     stop_accuracy: float | None = None
     patience: int | None = None
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         for name in ("length", "steps", "batch_size", "log_every", "eval_every", "eval_batches"):
@@ -105,6 +115,9 @@ class TrainConfig:
         check_real(self.weight_decay, "weight_decay", 0.0, math.inf)
         check_real(self.final_lr_fraction, "final_lr_fraction", 0.0, 1.0 + 1e-12)
         object.__setattr__(self, "optimizer", as_enum(Optimizer, self.optimizer, "optimizer"))
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            names = ", ".join(map(repr, COMPUTE_DTYPES))
+            raise ValueError(f"compute_dtype must be one of {names}; got {self.compute_dtype!r}")
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:

@@ -234,10 +234,11 @@ def make_train_chunk(
         if config.tbptt is None:
 
             def loss_fn(params):
+                params, inputs = in_compute_dtype(config, (params, batch.inputs))
                 outputs = model.apply(
-                    params, batch.inputs, lengths=batch.lengths, key=dropout_key, deterministic=False
+                    params, inputs, lengths=batch.lengths, key=dropout_key, deterministic=False
                 )
-                loss, accuracy = loss_and_metrics(task, outputs, batch)
+                loss, accuracy = loss_and_metrics(task, outputs.astype(jnp.float32), batch)
                 return loss, (accuracy, None)
 
         else:
@@ -246,10 +247,13 @@ def make_train_chunk(
             carry = jax.tree.map(lambda c, f: jnp.where(state.step % windows == 0, f, c), carry, fresh)
 
             def loss_fn(params):
+                params, inputs = in_compute_dtype(config, (params, batch.inputs))
                 carry_out, outputs = model.stream(
-                    params, carry, batch.inputs, lengths=batch.lengths, key=dropout_key, deterministic=False
+                    params, carry, inputs, lengths=batch.lengths, key=dropout_key, deterministic=False
                 )
-                loss, accuracy = loss_and_metrics(task, outputs, batch)
+                loss, accuracy = loss_and_metrics(task, outputs.astype(jnp.float32), batch)
+                # The carried state keeps its own dtype between windows.
+                carry_out = jax.tree.map(lambda new, old: new.astype(old.dtype), carry_out, carry)
                 return loss, (accuracy, jax.lax.stop_gradient(carry_out))
 
         (loss, (accuracy, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -306,13 +310,28 @@ def make_evaluate(
                 batch = datasets.evaluation_batch(data, i, config.batch_size)
             if mesh is not None:
                 batch = distributed.shard_batch(batch, mesh)
-            return scored_sums(task, model.apply(params, batch.inputs, lengths=batch.lengths), batch)
+            run_params, inputs = in_compute_dtype(config, (params, batch.inputs))
+            outputs = model.apply(run_params, inputs, lengths=batch.lengths)
+            return scored_sums(task, outputs.astype(jnp.float32), batch)
 
         return _ratios(jax.lax.map(one, jnp.arange(batches)).sum(axis=0))
 
     vmapped = _vmap_runs(evaluate, mesh, in_axes=(0, 0, None, None))
     program = _jit(vmapped, mesh, mesh and distributed.replicated(mesh), static_argnums=2)
     return lambda params, seeds, length: program(params, seeds, length, data)
+
+
+def in_compute_dtype(config: TrainConfig, tree: Any) -> Any:
+    """`tree` with its real floating leaves in `config.compute_dtype` (token ids and
+    complex leaves as they are). The cast is differentiable: gradients come back
+    to the float32 master weights in float32."""
+    dtype = jnp.dtype(config.compute_dtype)
+
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
 
 
 @functools.cache

@@ -16,8 +16,9 @@ import pathlib
 
 import numpy as np
 
-MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru", "lstm_proj")
 TIME, BATCH, INPUT, HIDDEN = 7, 4, 5, 6
+PROJ = 3  # proj_size of "lstm_proj", PyTorch's LSTM with projections
 # Every product of the layer options; an initial state is given in half of them,
 # so that each (mode, layers, directions, lengths) is run with and without one.
 CASES = [
@@ -48,6 +49,8 @@ def make_case(
     kwargs = dict(num_layers=num_layers, batch_first=batch_first, bidirectional=bidirectional)
     if mode.startswith("rnn"):
         module = torch.nn.RNN(INPUT, HIDDEN, nonlinearity=mode[4:], **kwargs)
+    elif mode == "lstm_proj":
+        module = torch.nn.LSTM(INPUT, HIDDEN, proj_size=PROJ, **kwargs)
     else:
         module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[mode](INPUT, HIDDEN, **kwargs)
     x = torch.randn((BATCH, TIME, INPUT) if batch_first else (TIME, BATCH, INPUT))
@@ -56,9 +59,9 @@ def make_case(
     state_shape = (num_layers * (2 if bidirectional else 1), BATCH, HIDDEN)
     state = None
     if with_state:
-        state = torch.randn(state_shape)
+        state = torch.randn((*state_shape[:2], PROJ) if mode == "lstm_proj" else state_shape)
         out["h0"] = state.numpy()
-        if mode == "lstm":
+        if mode.startswith("lstm"):
             c0 = torch.randn(state_shape)
             out["c0"] = c0.numpy()
             state = (state, c0)
@@ -74,7 +77,7 @@ def make_case(
         else:
             y, final = module(x, state)
     out["outputs"] = y.numpy()
-    if mode == "lstm":
+    if mode.startswith("lstm"):
         out["h_n"], out["c_n"] = final[0].numpy(), final[1].numpy()
     else:
         out["h_n"] = final.numpy()
