@@ -81,7 +81,7 @@ Carry = Any
 class Cell(Protocol):
     """The minimal recurrent cell; see the module docstring."""
 
-    hidden_size: int  # h: the width of every output y
+    hidden_size: int  # h: the width of every output y (unless the cell has an `output_size`)
 
     def init(self, key: Array, input_size: int, dtype: Any = jnp.float32) -> Params:
         """Parameters for inputs of `input_size` features."""
