@@ -37,6 +37,7 @@ models do, where `LSTMCell` itself keeps PyTorch's uniform draw.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum
 import functools
@@ -125,7 +126,7 @@ class _Noise(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class _DenseGatedCell:
+class _DenseGatedCell(abc.ABC):
     """What the built-in cells share: PyTorch's parameters and initialisation, the
     projection, the options every one of them takes, and the step composed of
     `advance(params, carry, gx, gh) -> carry`, which each subclass defines with
@@ -257,10 +258,15 @@ class _DenseGatedCell:
     def hidden(self, carry: Carry) -> Array:
         return carry
 
+    @functools.cached_property
+    def _param_names(self) -> frozenset[str]:
+        """The keys `init` makes (worked out once per cell, not at every traced step)."""
+        options = jax.eval_shape(lambda: self._extra_params(jax.random.key(0), 1.0))
+        return frozenset({"w_ih", "w_hh"} | ({"b_ih", "b_hh"} if self.bias else set()) | set(options))
+
     def _check_keys(self, params: Params) -> None:
         # A misspelt or missing bias would otherwise be skipped without a word.
-        keys = {"w_ih", "w_hh", "b_ih", "b_hh"} if self.bias else {"w_ih", "w_hh"}
-        keys |= set(jax.eval_shape(lambda: self._extra_params(jax.random.key(0), 1.0)))
+        keys = self._param_names
         if not isinstance(params, dict) or set(params) != keys:
             got = sorted(params) if isinstance(params, dict) else type(params).__name__
             # The options that shape the parameters; the rest would only lengthen the message.
@@ -289,9 +295,9 @@ class _DenseGatedCell:
         gh = _normalise(h @ params["w_hh"]) * params["ln_hh_scale"]
         return gh + params["b_hh"] if self.bias else gh
 
+    @abc.abstractmethod
     def advance(self, params: Params, carry: Carry, gx: Array, gh: Array) -> Carry:
         """The new carry from the projected input and recurrent pre-activations."""
-        raise NotImplementedError
 
     def _expected_zoneout(self, old: Carry, new: Carry) -> Carry:
         """Zoneout at evaluation: `z * old + (1 - z) * new`, leaf by leaf."""
