@@ -190,6 +190,11 @@ class Experiment:
       per_sequence: one output per sequence (a classifier): cell families read out
         their last valid step (both directions' with `--bidirectional`), backbone
         families the mean over the valid steps (`SequenceModel.readout`).
+      readout: the `SequenceModel.readout` of every family, in place of the one that
+        `per_sequence` implies (a forecaster's causal Transformer reads its last step).
+      make_model: `(settings, spec) -> model`, in place of a `SequenceModel` of the
+        spec's family (an encoder-decoder); the model has `init`, `apply`,
+        `hidden_size` and the task's `output_size`, `vocab_size`, `input_size`.
       match_params: the default of `--match_params`.
       prepare: `experiment -> experiment`, called once the flags are read: builds
         what depends on them (a dataset read from `--text_file`); its ValueErrors
@@ -212,6 +217,8 @@ class Experiment:
     hidden_size: int = 64
     x_axis: tuple[str, Callable[[int], float]] | None = None
     per_sequence: bool = False
+    readout: str | None = None
+    make_model: Callable[[Settings, str], Any] | None = None
     match_params: bool = False
     prepare: Callable[[Experiment], Experiment] | None = None
     flags: tuple[tuple[str, Any], ...] = ()
@@ -507,6 +514,8 @@ def _train_config(settings: Settings, length: int, solved_accuracy: float) -> Tr
 def _model(
     experiment: Experiment, settings: Settings, spec: str, hidden_size: int | None = None
 ) -> SequenceModel:
+    if experiment.make_model is not None:
+        return experiment.make_model(settings, spec)
     task = experiment.task
     family, options = model_options(settings, spec)
     recurrent = registry.get(family).make_cell is not None
@@ -519,7 +528,8 @@ def _model(
         num_layers=settings.num_layers,
         options=options,
         bidirectional=settings.bidirectional and recurrent,
-        readout=("last" if recurrent else "mean") if experiment.per_sequence else "steps",
+        readout=experiment.readout
+        or (("last" if recurrent else "mean") if experiment.per_sequence else "steps"),
     )
 
 

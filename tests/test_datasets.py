@@ -105,7 +105,8 @@ def test_dataset_errors_name_the_argument():
             "exactly when train.lengths",
         ),
         (dict(train=Split(good.inputs * np.nan, good.targets)), "train.inputs must be finite"),
-        (dict(loss="mse", output_size=2), "a regression dataset has output_size 1"),
+        (dict(loss="mse", output_size=2), r"targets must be \[n, o\]=\(4, 2\) .* \[n, t, o\]=\(4, 3, 2\)"),
+        (dict(train=Split(good.inputs, good.targets, mask=np.ones(4))), r"train.mask must be \[4, 3\] of 0s"),
         (dict(loss="hinge"), "loss must be one of"),
     ]
     base = dict(name="d", train=good, validation=good, test=good, output_size=1, loss="mse")

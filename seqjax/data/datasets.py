@@ -18,9 +18,14 @@ A split's arrays, with n examples of t steps:
   inputs:  `[n, t]` int32 tokens in [0, vocab_size), or `[n, t, d]` float32 features.
   targets: `[n, t]` per step (a label or value at every step, as a language model's),
            or `[n]` per sequence (one label or value, as a classifier's);
-           int32 classes in [0, output_size) or float32 values.
+           int32 classes in [0, output_size) or float32 values. A regression with
+           o = output_size > 1 values per target (a forecast of o future steps)
+           has `[n, t, o]` or `[n, o]`; its loss is the mean square over the o.
   lengths: `[n]` int32 valid steps in [1, t], or None (every step valid). Per-step
            targets are scored up to each length.
+  mask:    optional float32 of the targets' `[n, t]` or `[n]`: 1 where a target is
+           scored, 0 where not, in place of the lengths' (an encoder-decoder's
+           inputs hold the source and the target, and only the target is scored).
 
 Datasets too large for memory are out of scope here: stream them with `grain`
 into a training loop of your own (`make_train_chunk` takes any task).
@@ -52,12 +57,17 @@ class Split:
     inputs: np.ndarray
     targets: np.ndarray
     lengths: np.ndarray | None = None
+    mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def masks(self) -> np.ndarray:
-        """`[n, t]` (per-step targets) or `[n]` (per sequence) float32: 1 where scored."""
+        """`[n, t]` (per-step targets) or `[n]` (per sequence) float32: 1 where scored.
+
+        A `Dataset` fills in `mask` for each of its splits."""
+        if self.mask is not None:
+            return self.mask
         if self.targets.ndim == 1:
             return np.ones(len(self), np.float32)
         t = self.inputs.shape[1]
@@ -72,7 +82,7 @@ class Dataset:
     Args:
       name: names the dataset in errors and summaries.
       train, validation, test: the `Split`s, with the same t (and d) and target layout.
-      output_size: classes (cross-entropy) or values per target (1; mean squared error).
+      output_size: classes (cross-entropy) or values per target (mean squared error).
       vocab_size: token inputs in [0, vocab_size); None for feature inputs.
       loss: "cross_entropy" or "mse".
       tolerance: regression accuracy counts |error| < tolerance (mse only).
@@ -100,8 +110,6 @@ class Dataset:
             check_positive_int(self.vocab_size, "vocab_size")
         if self.loss is Loss.MSE:
             check_real(self.tolerance, "tolerance", 0.0, math.inf, low_open=True)
-            if self.output_size != 1:
-                raise ValueError(f"a regression dataset has output_size 1; got {self.output_size}")
         for name in SPLIT_NAMES:
             object.__setattr__(self, name, self._checked(name, getattr(self, name)))
 
@@ -117,10 +125,11 @@ class Dataset:
             raise ValueError(f"{name}.inputs must be {layout} with n, t >= 1; got shape {inputs.shape}")
         n, t = inputs.shape[:2]
         inputs = _values(inputs, f"{name}.inputs", self.vocab_size, "tokens", "vocab_size")
-        if targets.shape not in ((n,), (n, t)):
+        values = self.value_shape
+        if targets.shape not in ((n, *values), (n, t, *values)):
             raise ValueError(
-                f"{name}.targets must be [n]={(n,)} (one per sequence) or [n, t]={n, t} (one per step); "
-                f"got shape {targets.shape}"
+                f"{name}.targets must be [n{', o' * bool(values)}]={(n, *values)} (one per sequence) or "
+                f"[n, t{', o' * bool(values)}]={(n, t, *values)} (one per step); got shape {targets.shape}"
             )
         classes = self.output_size if self.loss is Loss.CROSS_ENTROPY else None
         targets = _values(targets, f"{name}.targets", classes, "classes", "output_size")
@@ -145,7 +154,20 @@ class Dataset:
                 )
             if (lengths is None) != (first.lengths is None):
                 raise ValueError(f"{name}.lengths must be given exactly when train.lengths is")
-        return Split(inputs, targets, lengths)
+        scored = targets.shape[: targets.ndim - len(values)]
+        if split.mask is None:
+            # Computed here, where the targets' value axis is known.
+            per_step = Split(inputs, np.zeros(scored, np.float32), lengths).masks()
+            return Split(inputs, targets, lengths, per_step)
+        mask = np.asarray(split.mask)
+        if mask.shape != scored or not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"{name}.mask must be {list(scored)} of 0s and 1s; got shape {mask.shape}")
+        return Split(inputs, targets, lengths, mask.astype(np.float32))
+
+    @property
+    def value_shape(self) -> tuple[int, ...]:
+        """The trailing shape of one target: `(o,)` for a regression of o > 1 values, else ()."""
+        return (self.output_size,) if self.loss is Loss.MSE and self.output_size > 1 else ()
 
     @property
     def input_size(self) -> int | None:
@@ -180,7 +202,10 @@ class Dataset:
             p = counts / counts.sum()
             entropy = -sum(q * math.log(q) for q in p if q > 0)
             return Baseline(float(entropy), float(p.max()))
-        mean = np.average(targets, weights=weights)
+        scored_axes = tuple(range(weights.ndim))
+        weights = weights.reshape(weights.shape + (1,) * len(self.value_shape))
+        weights = np.broadcast_to(weights, targets.shape)
+        mean = np.average(targets, weights=weights, axis=scored_axes)
         variance = np.average((targets - mean) ** 2, weights=weights)
         within = np.average(np.abs(targets - mean) < self.tolerance, weights=weights)
         return Baseline(float(variance), float(within))

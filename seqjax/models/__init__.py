@@ -8,6 +8,8 @@ sequence_model:  the `Backbone` interface every family has, and `SequenceModel`:
                  encoding, backbone, readout; online use: step, stream, generate, forecast.
 decoding:        sampling from logits (temperature, top-k) and the compiled rollout
                  that feeds a model's outputs back as its inputs.
+seq2seq:         encoder-decoders (any cell family, with or without attention; the
+                 Transformer's), greedy and beam-search decoding.
 """
 
 from seqjax.models.layers import GRU, LRU, LSTM, RGLRU, RNN, Mamba, MinGRU, MinLSTM, Recurrent

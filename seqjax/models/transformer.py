@@ -117,7 +117,8 @@ def rope(x: Array, positions: Array, base: float = 10000.0) -> Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def _layer_norm(p: Params, x: Array, eps: float = 1e-6) -> Array:
+def layer_norm(p: Params, x: Array, eps: float = 1e-6) -> Array:
+    """LayerNorm over the last axis of `x [..., m]` with `p["scale"]`, `p["bias"]` `[m]`."""
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
@@ -355,7 +356,7 @@ class Transformer:
         query's own position, and returns the cache instead."""
         keys = jax.random.split(key, 2) if key is not None else (None, None)
         a = p["attn"]
-        h = _layer_norm(p["ln1"], x)
+        h = layer_norm(p["ln1"], x)
         q, k, v = (jnp.einsum("btm,mnk->btnk", h, a[f"w{c}"]) + a[f"b{c}"] for c in "qkv")
         if self.positional_kind is Positional.ROPE:
             q, k = rope(q, positions), rope(k, positions)
@@ -366,7 +367,7 @@ class Transformer:
             out, new_kv = _cached_attention(q, k, v, *cache_kv, positions)
         x = x + _dropout(jnp.einsum("btnk,nkm->btm", out, a["wo"]) + a["bo"], self.dropout, keys[0])
         mlp = p["mlp"]
-        h = jax.nn.gelu(_layer_norm(p["ln2"], x) @ mlp["w1"] + mlp["b1"])
+        h = jax.nn.gelu(layer_norm(p["ln2"], x) @ mlp["w1"] + mlp["b1"])
         x = x + _dropout(h @ mlp["w2"] + mlp["b2"], self.dropout, keys[1])
         return x, new_kv
 
@@ -473,7 +474,7 @@ class Transformer:
             )
             ks.append(k)
             vs.append(v)
-        y = _layer_norm(params["ln_f"], x)
+        y = layer_norm(params["ln_f"], x)
         if valid is not None:
             y = jnp.where(valid[..., None], y, 0).astype(y.dtype)
         advance = jnp.full((b,), t, jnp.int32) if lengths is None else lengths.astype(jnp.int32)

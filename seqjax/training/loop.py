@@ -75,15 +75,19 @@ def scored_sums(task: Any, outputs: Array, batch: Batch) -> Array:
     Args:
       task: gives the loss kind (and the tolerance of regression accuracy).
       outputs: `[b, t, o]` model outputs (`[b, o]` for one output per sequence).
-      batch: the targets `[b, t]` (`[b]`) and masks of the same shape.
+      batch: the targets `[b, t]` (`[b]`; a regression of o values: `[b, t, o]`, `[b, o]`)
+        and masks `[b, t]` (`[b]`).
     """
     if task.loss is Loss.CROSS_ENTROPY:
         per_step = optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), batch.targets)
         correct = jnp.argmax(outputs, axis=-1) == batch.targets
     else:
-        error = outputs[..., 0].astype(jnp.float32) - batch.targets
-        per_step = error**2
-        correct = jnp.abs(error) < task.tolerance
+        outputs = outputs.astype(jnp.float32)
+        # One value per target (`[b, t]` or `[b]`), or o of them (`[b, t, o]`, `[b, o]`).
+        targets = batch.targets.reshape(*batch.loss_mask.shape, -1)
+        error = outputs.reshape(targets.shape) - targets
+        per_step = jnp.mean(error**2, axis=-1)
+        correct = jnp.mean(jnp.abs(error) < task.tolerance, axis=-1)
     return jnp.stack(
         [
             jnp.sum(per_step * batch.loss_mask),
