@@ -99,7 +99,8 @@ class _EncoderDecoder:
         inputs = self._check_tokens(inputs, self.source_steps + self.target_steps, "inputs")
         source, decoder_inputs = inputs[:, : self.source_steps], inputs[:, self.source_steps :]
         logits, _ = self._teacher_forced(params, source, decoder_inputs)
-        return jnp.concatenate([jnp.zeros_like(logits[:, :1]).repeat(self.source_steps, 1), logits], axis=1)
+        zeros = jnp.zeros((logits.shape[0], self.source_steps, logits.shape[2]), logits.dtype)
+        return jnp.concatenate([zeros, logits], axis=1)
 
     def attention(self, params: Params, source: Array, targets: Array) -> Array:
         """`[b, T, S]` cross-attention weights while reading `targets [b, T]` (the
