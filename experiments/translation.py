@@ -94,9 +94,10 @@ def make_model(settings: common.Settings, spec: str):
 def experiment() -> common.Experiment:
     """The experiment on the flags' corpus.
 
-    Defaults chosen by measurement on a 2-core CPU: width 128, 2000 steps of batch
-    64 at rate 3e-3 (the Transformer, two layers of each, 1e-3), three seeds; the
-    figures are in the README.
+    Defaults, measured on a 2-core CPU: width 64, 1500 steps of batch 64 at rate
+    3e-3 (the Transformer, two layers of each, 1e-3), three seeds: on dates every
+    model reaches 0.98-1.00 test exact match in 11.5 minutes for all five (the
+    training accuracy is at 0.99 by step 1300); the figures are in the README.
     """
     data = _corpus().dataset()
     return dataclasses.replace(EXPERIMENT, task=data, lengths=(data.steps,), prepare=None)
