@@ -103,6 +103,12 @@ def _problem(name: str) -> series_lib.Forecasting:
     return problem(name)
 
 
+@functools.cache
+def _dataset(problem: series_lib.Forecasting, strategy: str):
+    """The windows of a problem (built once: `_prepare` and `run` share them)."""
+    return problem.dataset(strategy)
+
+
 def experiment(name: str, strategy: str) -> common.Experiment:
     """One series' experiment with one strategy.
 
@@ -112,7 +118,7 @@ def experiment(name: str, strategy: str) -> common.Experiment:
     overfit within a few hundred steps (1000 steps were worse); the figures, and what
     else was tried, are in the README.
     """
-    task = _problem(name).dataset(strategy)
+    task = _dataset(_problem(name), strategy)
     direct = strategy == "direct"
     return dataclasses.replace(
         EXPERIMENT,

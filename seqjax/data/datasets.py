@@ -65,14 +65,10 @@ class Split:
     def masks(self) -> np.ndarray:
         """`[n, t]` (per-step targets) or `[n]` (per sequence) float32: 1 where scored.
 
-        A `Dataset` fills in `mask` for each of its splits."""
-        if self.mask is not None:
-            return self.mask
-        if self.targets.ndim == 1:
-            return np.ones(len(self), np.float32)
-        t = self.inputs.shape[1]
-        lengths = np.full(len(self), t) if self.lengths is None else self.lengths
-        return (np.arange(t) < lengths[:, None]).astype(np.float32)
+        The `Dataset` holding the split works it out (`mask`, else from `lengths`)."""
+        if self.mask is None:
+            raise ValueError("a Split's masks are worked out by the Dataset that holds it")
+        return self.mask
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -155,13 +151,13 @@ class Dataset:
             if (lengths is None) != (first.lengths is None):
                 raise ValueError(f"{name}.lengths must be given exactly when train.lengths is")
         scored = targets.shape[: targets.ndim - len(values)]
-        if split.mask is None:
-            # Computed here, where the targets' value axis is known.
-            per_step = Split(inputs, np.zeros(scored, np.float32), lengths).masks()
-            return Split(inputs, targets, lengths, per_step)
-        mask = np.asarray(split.mask)
-        if mask.shape != scored or not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"{name}.mask must be {list(scored)} of 0s and 1s; got shape {mask.shape}")
+        if split.mask is None:  # per sequence: every target; per step: those within the lengths
+            valid = np.full(n, t) if lengths is None else lengths
+            mask = np.ones(n) if len(scored) == 1 else np.arange(t) < valid[:, None]
+        else:
+            mask = np.asarray(split.mask)
+            if mask.shape != scored or not np.isin(mask, (0, 1)).all():
+                raise ValueError(f"{name}.mask must be {list(scored)} of 0s and 1s; got shape {mask.shape}")
         return Split(inputs, targets, lengths, mask.astype(np.float32))
 
     @property
