@@ -31,7 +31,7 @@ def _series(n=120, season=7):
 
 def test_windows_naive_forecasts_and_scores_against_numpy_loops():
     s = _series()
-    problem = series_lib.Forecasting(s, context=10, horizon=5, test_size=20, validation_size=15)
+    problem = series_lib.Forecasting(s, 10, 5, test_size=20, validation_size=15, scaling="last")
     y, origins = s.values, problem.origins("test")
     assert list(origins) == list(range(100, 116)) and problem.train_end == 85
     assert list(problem.origins("train")) == list(range(10, 81))
@@ -54,6 +54,17 @@ def test_windows_naive_forecasts_and_scores_against_numpy_loops():
     np.testing.assert_allclose(
         standard.contexts(np.array([50]))[0], (y[40:50] - y[:85].mean(0)) / scale, 1e-5
     )
+    # Window scaling: each context's own mean and deviation, also for its targets;
+    # an affine change of the series changes no input.
+    window = dataclasses.replace(problem, scaling="window")
+    direct = window.dataset("direct")
+    for i, o in enumerate(origins):
+        mean, std = y[o - 10 : o].mean(0), y[o - 10 : o].std(0)
+        np.testing.assert_allclose(direct.test.inputs[i], (y[o - 10 : o] - mean) / std, rtol=1e-5)
+        np.testing.assert_allclose(direct.test.targets[i].reshape(5, 2), (y[o : o + 5] - mean) / std, 1e-5)
+    np.testing.assert_allclose(window.unscale(direct.test.targets, origins), window.truth(origins), atol=1e-5)
+    affine = dataclasses.replace(window, series=series_lib.Series("toy", 3.0 * y - 40.0, ("a", "b"), 7))
+    np.testing.assert_allclose(affine.dataset("direct").test.inputs, direct.test.inputs, atol=1e-5)
     # Scores: MAE, RMSE pooled; MASE per channel over the in-sample seasonal-naive MAE.
     forecasts = problem.truth(origins) + np.random.default_rng(0).normal(size=(16, 5, 2))
     error = forecasts - problem.truth(origins)
@@ -66,7 +77,7 @@ def test_windows_naive_forecasts_and_scores_against_numpy_loops():
     )
     # A square-root transform: the models read sqrt(y); forecasts come back in y's units.
     positive = series_lib.Series("toy", y + 5.0, ("a", "b"), 7)
-    rooted = series_lib.Forecasting(positive, 10, 5, 20, 15, transform="sqrt")
+    rooted = series_lib.Forecasting(positive, 10, 5, 20, 15, "last", transform="sqrt")
     np.testing.assert_allclose(
         rooted.dataset("direct").test.inputs[0],
         (np.sqrt(y[90:100] + 5) - np.sqrt(y[99] + 5)) / np.sqrt(y[:85] + 5).std(0),

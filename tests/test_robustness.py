@@ -1,7 +1,7 @@
 """Nothing silent, at run time: NaN in padding reaches nothing, NaN propagates on every
 path, empty batches have zero gradients, a diverging run stops with its last finite
-checkpoint, a resume checks what it resumes and survives a damaged checkpoint, and a
-live workdir is refused."""
+checkpoint, a resume checks what it resumes and survives a damaged checkpoint, a fresh
+start replaces an older run's checkpoints, and a live workdir is refused."""
 
 import dataclasses
 import json
@@ -296,6 +296,18 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(killed, uninte
     _same(state.params, uninterrupted[0].params)
     assert [line["loss"] for line in history] == [line["loss"] for line in uninterrupted[1]]
     assert _strict_json((killed / "metrics.jsonl").read_text())
+
+
+def test_a_fresh_start_replaces_an_older_runs_checkpoints(killed, uninterrupted):
+    # The killed run left steps 4 and 8; a fresh start killed at 6 must leave only its own
+    # step 4 (it would collide with the old one, and the old 8 would be resumed as its own).
+    killed_error, on_log = _kill_at(6)
+    with pytest.raises(killed_error):
+        train(MODEL, TASK, CONFIG, [0, 1], [1e-2, 3e-3], killed, on_log=on_log)
+    assert sorted(int(p.name) for p in (killed / "checkpoints").iterdir()) == [4]
+    state, history = train(MODEL, TASK, CONFIG, [0, 1], [1e-2, 3e-3], killed, resume=True)
+    _same(state.params, uninterrupted[0].params)
+    assert [line["loss"] for line in history] == [line["loss"] for line in uninterrupted[1]]
 
 
 def test_resume_refuses_other_runs_before_compiling(killed, monkeypatch):

@@ -13,12 +13,15 @@ steps before o (which may reach back into earlier parts: they are the past) and
 predicts steps o .. o + horizon - 1; the held-out parts are scored by rolling the
 origin over every step at which the whole horizon still lies inside the part.
 
-Each window is scaled with statistics of the training part only (`scaling`):
-"last" shifts it by its last observed value (so that a trend never takes the
-inputs out of the range the model was trained on) and divides it by each
-channel's deviation over the training part; "standard" subtracts the training
-part's mean instead (the level then stays visible to the model, which suits a
-series without trend, whose dynamics depend on its level, as sunspots').
+Each window is scaled with statistics that a forecast can know (`scaling`):
+"window" subtracts its context's own mean and divides by its context's deviation
+(instance normalisation, as RevIN, Kim et al. 2022: the model sees the shape of
+the recent past, not its level or amplitude, which drift: sunspot cycles grew
+after 1900 and CO2 rises); "last" shifts it by its last observed value (so that a
+trend never takes the inputs out of the range the model was trained on) and
+divides it by each channel's deviation over the training part; "standard"
+subtracts the training part's mean instead (the level then stays visible to the
+model). Forecasts are mapped back with the same statistics.
 
 Two ways to forecast h steps (`dataset(strategy)`):
 - "direct": one output of `horizon * c` values per window, read from the context
@@ -51,7 +54,7 @@ from seqjax.validation import check_positive_int
 
 STRATEGIES = ("direct", "autoregressive")
 PARTS = ("train", "validation", "test")
-SCALINGS = ("last", "standard")
+SCALINGS = ("last", "standard", "window")
 TRANSFORMS = ("none", "sqrt", "log")
 
 
@@ -152,7 +155,7 @@ class Forecasting:
       context: L, the steps a forecast reads.
       horizon: H, the steps it predicts.
       test_size, validation_size: the held-out tail's steps, each at least H.
-      scaling: "last" or "standard" (see the module docstring).
+      scaling: "window", "last" or "standard" (see the module docstring).
       transform: "none", "sqrt" or "log", applied to the series before the
         scaling (variance-stabilising, as for count series such as sunspots);
         forecasts are mapped back, and scored, in the series' units.
@@ -165,7 +168,7 @@ class Forecasting:
     horizon: int
     test_size: int
     validation_size: int
-    scaling: str = "last"
+    scaling: str = "window"
     transform: str = "none"
 
     def __post_init__(self):
@@ -230,17 +233,22 @@ class Forecasting:
         index = PARTS.index(part)
         return np.arange(bounds[index], bounds[index + 1] - self.horizon + 1)
 
-    def _anchor(self, origins: np.ndarray) -> np.ndarray:
-        """`[n, 1, c]`: what each window is shifted by."""
+    def _location_scale(self, origins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`([n, 1, c], [n, 1, c] or [c])`: what each window is shifted by and divided by."""
+        if self.scaling == "window":
+            context = self.values[origins[:, None] + np.arange(-self.context, 0)]
+            spread = context.std(axis=1, keepdims=True)
+            return context.mean(axis=1, keepdims=True), np.maximum(spread, 1e-3 * self.scale)
         if self.scaling == "last":
-            return self.values[origins - 1][:, None]
-        return np.broadcast_to(self.values[: self.train_end].mean(axis=0), (len(origins), 1, self.channels))
+            return self.values[origins - 1][:, None], self.scale
+        mean = self.values[: self.train_end].mean(axis=0)
+        return np.broadcast_to(mean, (len(origins), 1, self.channels)), self.scale
 
     def _scaled(self, origins: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """`[n, len(offsets), c]` float32: the series at origin + offset, shifted and
         scaled."""
-        y = self.values[origins[:, None] + offsets]
-        return ((y - self._anchor(origins)) / self.scale).astype(np.float32)
+        location, scale = self._location_scale(origins)
+        return ((self.values[origins[:, None] + offsets] - location) / scale).astype(np.float32)
 
     def contexts(self, origins: np.ndarray) -> np.ndarray:
         """`[n, L, c]` float32: the scaled contexts of `origins`, the models' inputs."""
@@ -250,7 +258,8 @@ class Forecasting:
         """`[n, H, c]` in the series' units from scaled forecasts `[n, H, c]` (or the
         direct readout's `[n, H * c]`)."""
         forecasts = np.asarray(forecasts, np.float64).reshape(len(origins), self.horizon, self.channels)
-        return self.inverse(forecasts * self.scale + self._anchor(origins))
+        location, scale = self._location_scale(origins)
+        return self.inverse(forecasts * scale + location)
 
     def dataset(self, strategy: str = "direct") -> Dataset:
         """The windows of every part as a `Dataset`: float32 inputs `[n, L, c]` and

@@ -489,6 +489,11 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
         checkpoints.check_resume(workdir, record, manager.latest_step())  # before compiling
     elif writer:
         checkpoints.write_run_record(workdir, record)
+    if manager is not None and not resuming:
+        # A fresh start owns the directory: an older run's checkpoints would collide with
+        # its steps, or be resumed as if they were its own.
+        for stale in manager.all_steps():
+            manager.delete(stale)
     optimizer, train_chunk, evaluate = _programs(model, task, config, mesh)
     state = init_state(model, optimizer, seeds, learning_rates, mesh)
     if config.tbptt is not None:
