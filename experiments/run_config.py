@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 
-from seqjax import registry
+from seqjax import host, registry
 
 
 def _version(package: str) -> str:
@@ -45,6 +45,7 @@ def environment() -> dict[str, Any]:
         "device_kind": devices[0].device_kind,
         "processes": jax.process_count(),
         "platform": platform.platform(),
+        "malloc": malloc(),
     }
 
 
@@ -97,9 +98,13 @@ def hardware() -> str:
     """What ran the measurements: the accelerator, else the CPU and its cores."""
     device = jax.devices()[0]
     kind = cpu_name() if device.platform == "cpu" else device.device_kind
-    malloc = (
-        f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"
-        if "GLIBC_TUNABLES" in os.environ
-        else "default malloc"
-    )
-    return f"{device.platform}: {kind}, {os.cpu_count()} CPU cores, jax {jax.__version__}, {malloc}"
+    return f"{device.platform}: {kind}, {os.cpu_count()} CPU cores, jax {jax.__version__}, {malloc()}"
+
+
+def malloc() -> str:
+    """The C library allocator's setting in this process, which moves CPU timings."""
+    if host.freed_memory_kept():
+        return "freed memory kept (seqjax.host)"
+    if "GLIBC_TUNABLES" in os.environ:
+        return f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"
+    return "default malloc"

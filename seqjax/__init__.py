@@ -17,6 +17,7 @@ Packages, from the bottom up:
   training:     vmapped training over seeds and learning rates, checkpoints, meshes.
   analysis:     gradient-flow diagnostics (`diagnostics`).
   interop:      PyTorch state_dicts (`torch_weights`), Flax linen and NNX wrappers.
+  host:         the process's memory settings for XLA:CPU (`keep_freed_memory`).
 
 The flat module paths of seqjax 0.1 (`seqjax.train`, `seqjax.tasks`, `seqjax.linen`,
 ...) still import, as the modules of their new homes.

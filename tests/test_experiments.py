@@ -5,6 +5,7 @@ import dataclasses
 import importlib
 import json
 import pathlib
+import platform
 import subprocess
 import sys
 import textwrap
@@ -200,6 +201,7 @@ def test_a_user_family_trains_from_the_command_line_and_reruns_from_its_config(t
     args += ["--log_every=2", "--eval_every=2", "--checkpoint_every=0", "--optimizer=sgd", "--clip_norm=0.5"]
     args += ["--warmup_steps=1", "--tbptt=5", f"--user_module={USER_CELLS}", f"--workdir={first}"]
     args += ["--task_options=memory=2,alphabet=3", "--patience=1", "--learning_rates=1e-2"]
+    args += ["--keep_freed_memory"] * (platform.libc_ver()[0] == "glibc")
     out = subprocess.run(
         [sys.executable, "-m", "experiments.copy_task", *args], capture_output=True, text=True, timeout=600
     )
@@ -210,6 +212,8 @@ def test_a_user_family_trains_from_the_command_line_and_reruns_from_its_config(t
     config = json.loads((first / "config.json").read_text())
     assert config["user_modules"] == [str(USER_CELLS.resolve())]
     assert config["environment"]["backend"] == jax.default_backend() and config["environment"]["jax"]
+    if platform.libc_ver()[0] == "glibc":
+        assert config["environment"]["malloc"] == "freed memory kept (seqjax.host)"
 
     experiment = importlib.import_module("experiments.copy_task").EXPERIMENT
     with flagsaver.as_parsed(config=str(first / "config.json"), workdir=str(again)):
