@@ -77,7 +77,7 @@ def run(experiment: common.Experiment, settings: common.Settings, widths: tuple[
         common.write_summary(workdir, rows)
         table = markdown_table(rows)
         (workdir / "results.md").write_text(table + "\n")
-    plot(workdir, experiment, rows)
+    plot(workdir, rows)
     print(f"\nzoology: results in {workdir}\n\n{table}\n")
     return rows
 
@@ -103,9 +103,10 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(workdir: pathlib.Path, experiment: common.Experiment, rows: list[dict]) -> None:
+def plot(workdir: pathlib.Path, rows: list[dict]) -> None:
     """zoology.png: test accuracy against width, one panel per sequence length, a line
-    per model with its 95% interval over seeds (the form of the paper's Fig. 2)."""
+    per model with its 95% interval over seeds (the form of the paper's Fig. 2), over
+    the memoryless baseline of the task the runs had (`--task_options` included)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +125,8 @@ def plot(workdir: pathlib.Path, experiment: common.Experiment, rows: list[dict])
             ax.fill_between(
                 widths, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), color=f"C{i}", alpha=0.15
             )
-        ax.axhline(experiment.task.baseline(length).accuracy, color="k", linestyle="--", linewidth=1)
+        baseline = next(r["baseline_accuracy"] for r in rows if r["length"] == length)
+        ax.axhline(baseline, color="k", linestyle="--", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_title(f"sequence length {length}, {length // 16} pairs", fontsize=9)
         ax.set_xlabel("model dimension")

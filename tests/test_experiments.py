@@ -119,12 +119,21 @@ def test_chomsky_experiment_scores_longer_inputs_and_writes_the_table(tmp_path, 
         chomsky.run(["parity_check"], dataclasses.replace(settings, eval_lengths=(3,)))
 
 
-def test_zoology_grid_over_widths(tmp_path, capsys):
+def test_zoology_grid_over_widths(tmp_path, capsys, monkeypatch):
+    import matplotlib.axes
+
     from experiments import zoology
 
     settings = common.Settings(models=("gru",), lengths=(32,), workdir=str(tmp_path), **TINY)
-    settings = dataclasses.replace(settings, model_learning_rates=("gru=1e-2/3e-3",))
+    settings = dataclasses.replace(
+        settings, model_learning_rates=("gru=1e-2/3e-3",), task_options=("vocab_size=16",)
+    )
+    lines = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", lambda ax, y, **kw: lines.append(y))
     rows = zoology.run(zoology.EXPERIMENT, settings, (4, 8))
+    # The grid's plot, drawn last, has the trained task's memoryless baseline: 8 values of
+    # 16 tokens, not the default task's 32 of 64 (the per-width curves draw theirs first).
+    assert lines[-1] == 1 / 8
     # Both rates of --model_learning_rates trained; the grid keeps the one chosen on validation.
     trained = json.loads((tmp_path / "d4" / "summary.json").read_text())
     assert sorted((r["seed"], r["learning_rate"]) for r in trained) == [
