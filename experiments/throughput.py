@@ -16,8 +16,9 @@ code path that ran (seqjax's `Recurrent.path`: "cudnn", "hoisted", "kernel", ...
 PyTorch's "cudnn" or "native").
 
 Every (system, cell) runs in its own worker process, once per --malloc setting
-(`tuned` sets GLIBC_TUNABLES to keep freed memory in one arena instead of
-returning it to the kernel; allocation of large buffers then stops page-faulting).
+(`tuned` runs it with `--keep_freed_memory`, `seqjax.host.keep_freed_memory`: freed
+memory stays in one arena instead of going back to the kernel, so allocating large
+buffers stops page-faulting).
 Per job: compile time of the first call, then `--repeats` timed calls after two
 warm-up calls (median, min, max), and the job's peak resident memory above the
 worker's baseline (VmHWM, reset before each job; shown for the default malloc
@@ -75,8 +76,6 @@ flags.DEFINE_string("scale_cell", "lstm", "Cell of the scaling sweep (C1's other
 flags.DEFINE_string("workdir", "runs/throughput", "Output directory.")
 flags.DEFINE_list("report", None, "Only print the tables of these results.jsonl files (merged).")
 flags.DEFINE_string("worker", None, "Internal: run the JSON list of jobs and print one JSON line each.")
-
-TUNED_MALLOC = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4000000000"
 
 
 def _rss_peak_reset() -> int:
@@ -305,11 +304,7 @@ def _jobs() -> list[dict]:
 
 def _run_workers(jobs: list[dict], malloc: str) -> list[dict]:
     """One worker process per (system, cell); returns the rows they printed."""
-    env = dict(os.environ)
-    if malloc == "tuned":
-        env["GLIBC_TUNABLES"] = TUNED_MALLOC
-    else:
-        env.pop("GLIBC_TUNABLES", None)
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # malloc's settings are ours
     groups: dict[tuple[str, str], list[dict]] = {
         ("roofline", ""): [{"system": "roofline", "mode": "-", "dtype": dtype} for dtype in FLAGS.dtypes]
     }
@@ -327,6 +322,7 @@ def _run_workers(jobs: list[dict], malloc: str) -> list[dict]:
                 f"--worker={json.dumps(worker_jobs)}",
                 f"--repeats={FLAGS.repeats}",
                 f"--threads={FLAGS.threads}",
+                *(["--keep_freed_memory"] if malloc == "tuned" else []),
                 *(f"--user_module={spec}" for spec in FLAGS.user_module),
             ],
             env=env,

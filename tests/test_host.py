@@ -7,8 +7,8 @@ import sys
 import pytest
 
 # In a process of its own: the setting lasts for the life of the process.
-CHURN = """
-import resource, numpy as np
+CHURN = r"""
+import re, resource, numpy as np
 from seqjax import host
 
 def churn():
@@ -23,6 +23,16 @@ assert not host.freed_memory_kept()
 assert host.keep_freed_memory() and host.freed_memory_kept()
 churn()  # the heap grows to the block once
 print(before, churn())
+# A block above 2^31 - 1 bytes, the largest finite trim threshold: freed at the heap's
+# top, glibc gives it back to the kernel unless trimming is off. Left untouched, it
+# costs no page; the heap's size (the kernel's VmData) says whether it is kept.
+def heap():
+    return int(re.search(r"VmData:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) << 10
+
+start = heap()
+a = np.empty(9 << 28 >> 2, np.float32)  # 2.25 GiB
+del a
+print(heap() - start)
 """
 
 
@@ -30,7 +40,8 @@ print(before, churn())
 def test_kept_memory_stops_the_page_faults_of_reallocated_blocks():
     out = subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    before, after = map(int, out.stdout.split())
+    before, after, large = map(int, out.stdout.split())
     # The OS's own count: glibc maps and unmaps each block (a fault per page, or per huge
     # page), and once memory is kept the same block is reused without any.
     assert before >= 8 * 32 and after < before / 8, (before, after)
+    assert large > 2**31 - 1, large  # still mapped, for the next step to reuse

@@ -184,6 +184,30 @@ def test_tiled_attention_matches_plain_softmax(causal, key):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_tiled_attention_in_bfloat16(key):
+    """bfloat16 inputs: the tiles' scores, softmax and gradient sums run in float32
+    (the hand-written backward casts by itself), so against a float32 reference they
+    are as close as `jax.nn.dot_product_attention` in bfloat16 is."""
+    lengths = jnp.array([40, 17])
+    q, k, v = jax.random.normal(key, (3, 2, 40, 2, 8))
+    tiled = functools.partial(attention, is_causal=True, key_value_seq_lengths=lengths, block_size=16)
+    fused = functools.partial(jax.nn.dot_product_attention, is_causal=True, key_value_seq_lengths=lengths)
+
+    def value_and_grads(fn, *args):
+        out, pull = jax.vjp(fn, *args)
+        return (out, *pull(jnp.cos(out.astype(jnp.float32)).astype(out.dtype)))
+
+    want = value_and_grads(fused, q, k, v)
+    low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    got = jax.jit(lambda *a: value_and_grads(tiled, *a))(*low)
+    with jax.numpy_dtype_promotion("standard"):  # jax.nn's own bfloat16 path needs it
+        base = value_and_grads(fused, *low)
+    for g, b_, w in zip(got, base, want, strict=True):
+        assert g.dtype == jnp.bfloat16
+        error, base_error = (float(jnp.abs(x.astype(jnp.float32) - w).max()) for x in (g, b_))
+        assert error <= 1.5 * base_error + 1e-3, (error, base_error)
+
+
 def test_gradients_match_finite_differences(key):
     fused_model = Transformer(8, 2, 2, input_size=3, positional="rope")
     exact_model = Transformer(8, 2, 2, input_size=3, positional="rope", attention_fn=softmax_attention)

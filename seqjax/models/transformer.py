@@ -132,6 +132,7 @@ def _dropout(x: Array, rate: float, key: Array | None) -> Array:
 
 
 SMALL_SCORES = 2**18  # b * n * t * s at or below which the tiles do not pay (measured on CPU)
+TILE_SCORES = 2**18  # scores per block of queries, at most: 1 MiB of float32, kept in cache
 
 
 def attention(
@@ -148,16 +149,24 @@ def attention(
 
     On CPU, XLA writes `jax.nn.dot_product_attention`'s `[b, n, t, s]` scores to
     memory (64 MB a layer at b=64, n=4, t=256), and with a head size of 32 that
-    traffic, not arithmetic, sets the time. Here a `lax.map` takes 8 (batch, head)
-    pairs at a time, each block of their queries attends to the keys it can see (a
-    causal block skips every later key: half the work), and `jax.checkpoint`
-    recomputes the tile in the backward pass instead of storing it, so the scores
-    stay in cache. Measured at b=64, n=4, k=32, causal, one layer forward and
-    backward: 93 against 278 ms at t=256, 1230 against 8685 ms at t=1024. Small
-    problems (at most 2^18 scores, which fit in cache; the tiles' loop then costs
-    more than it saves: 3.5 against 2.3 ms at b=64, t=24, n=4) and other backends,
-    which have fused kernels, get `jax.nn.dot_product_attention` unless
-    `block_size` is given.
+    traffic, not arithmetic, sets the time. Here a `lax.map` takes a few (batch,
+    head) pairs at a time, each block of their queries attends to the keys it can
+    see (a causal block skips every later key: half the work), and a block's scores
+    stay in cache (at most `TILE_SCORES` of them). The backward pass is
+    flash attention's (Dao et al. 2022): the forward keeps each query's log-sum-exp,
+    and the backward recomputes each block's probabilities from it and forms the
+    gradients block by block, every product a plain matmul (XLA:CPU hands a
+    transposed left operand to a slower kernel). Measured at b=64, n=4, k=32,
+    causal, one layer forward and backward, against `jax.nn.dot_product_attention`
+    and PyTorch's `scaled_dot_product_attention` in one process (2 threads): see
+    the README's "The Transformer on CPU". Small problems (at most 2^18 scores,
+    which fit in cache; the tiles' loop then costs more than it saves: 3.5 against
+    2.3 ms at b=64, t=24, n=4) and other backends, which have fused kernels, get
+    `jax.nn.dot_product_attention` unless `block_size` is given.
+
+    Differentiable in reverse mode (`jax.grad`, `jax.vjp`) only, as fused attention
+    kernels are; for forward mode (`jax.jvp`, `jax.jacfwd`) give the model
+    `attention_fn=jax.nn.dot_product_attention`.
 
     Args:
       q: `[b, t, n, k]`; k, v: `[b, s, n, k]` (`s == t` when causal).
@@ -178,33 +187,114 @@ def attention(
         )
     block = block_size or max(64, -(-t // 8))
     pairs = b * n
-    group = max(g for g in range(1, 9) if pairs % g == 0)  # (batch, head) pairs per tile
+    # (batch, head) pairs per tile: up to 8 (fewer loop steps) while a block's scores fit.
+    group = max(g for g in range(1, 9) if pairs % g == 0 and (g == 1 or g * min(block, t) * s <= TILE_SCORES))
     lengths = jnp.full((b,), s, jnp.int32) if key_value_seq_lengths is None else key_value_seq_lengths
     lengths = jnp.repeat(lengths, n).reshape(-1, group, 1, 1)
 
     def heads(x):  # [b, t, n, d] -> [pairs / group, group, t, d]
         return jnp.swapaxes(x, 1, 2).reshape(-1, group, x.shape[1], d)
 
-    score_dtype = q.dtype if jnp.finfo(q.dtype).bits >= 32 else jnp.float32
-    masked = -0.7 * jnp.finfo(score_dtype).max
-
-    @jax.checkpoint
-    def tile(args):
-        q, k, v, visible = args  # [group, t or s, d], visible [group, 1, 1]
-        outs = []
-        for start in range(0, t, block):
-            stop = min(start + block, t)
-            keys = min(stop, s) if is_causal else s
-            scores = (q[:, start:stop] @ jnp.swapaxes(k[:, :keys], -1, -2)).astype(score_dtype)
-            seen = jnp.arange(keys, dtype=visible.dtype) < visible  # [group, 1, keys]
-            if is_causal:
-                seen = seen & (jnp.arange(keys)[None, :] <= jnp.arange(start, stop)[:, None])
-            scores = jnp.where(seen, scores / math.sqrt(d), masked)
-            outs.append(jax.nn.softmax(scores, axis=-1).astype(q.dtype) @ v[:, :keys])
-        return jnp.concatenate(outs, axis=1)
-
-    out = jax.lax.map(tile, (heads(q), heads(k), heads(v), lengths))  # [pairs / group, group, t, d]
+    out = _tiles(is_causal, block, heads(q) / math.sqrt(d), heads(k), heads(v), lengths)
     return jnp.swapaxes(out.reshape(b, n, t, d), 1, 2)
+
+
+class _Span(NamedTuple):
+    start: int  # the block's first query
+    stop: int  # past its last query
+    keys: int  # the keys any of its queries can see: 0 .. keys - 1
+
+
+def _spans(is_causal: bool, block: int, t: int, s: int) -> list[_Span]:
+    return [_Span(a, min(a + block, t), min(a + block, t, s) if is_causal else s) for a in range(0, t, block)]
+
+
+def _score_dtype(dtype: Any) -> Any:
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
+
+
+def _block_scores(is_causal: bool, span: _Span, q: Array, k: Array, visible: Array) -> tuple[Array, Array]:
+    """q: `[g, t, d]` (scaled), k: `[g, s, d]`, visible: `[g, 1, 1]` key lengths ->
+    the block's scores `[g, stop - start, keys]`, hidden ones at a large negative
+    finite value (so a query that sees no key averages them all), and the mask."""
+    dtype = _score_dtype(q.dtype)
+    scores = jnp.matmul(
+        q[:, span.start : span.stop], jnp.swapaxes(k[:, : span.keys], -1, -2), preferred_element_type=dtype
+    )
+    seen = jnp.arange(span.keys, dtype=visible.dtype) < visible  # [g, 1, keys]
+    if is_causal:
+        seen = seen & (jnp.arange(span.keys)[None, :] <= jnp.arange(span.start, span.stop)[:, None])
+    return jnp.where(seen, scores, -0.7 * jnp.finfo(dtype).max), seen
+
+
+def _tile_forward(is_causal: bool, block: int, args: tuple[Array, ...]) -> tuple[Array, Array]:
+    """One tile of pairs: q `[g, t, d]` (scaled), k, v `[g, s, d]`, visible `[g, 1, 1]`
+    -> out `[g, t, d]` and each query's log-sum-exp of scores `[g, t, 1]`."""
+    q, k, v, visible = args
+    outs, lses = [], []
+    for span in _spans(is_causal, block, q.shape[1], k.shape[1]):
+        scores, _ = _block_scores(is_causal, span, q, k, visible)
+        top = scores.max(-1, keepdims=True)
+        p = jnp.exp(scores - top)
+        total = p.sum(-1, keepdims=True)
+        pv = jnp.matmul(p.astype(v.dtype), v[:, : span.keys], preferred_element_type=p.dtype)
+        outs.append((pv / total).astype(q.dtype))
+        lses.append(top + jnp.log(total))
+    return jnp.concatenate(outs, 1), jnp.concatenate(lses, 1)
+
+
+def _tile_backward(is_causal: bool, block: int, args: tuple[Array, ...]) -> tuple[Array, Array, Array]:
+    """One tile's gradients from flash attention's recurrences: with P = exp(S - lse),
+    dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = dS K, dK = dS^T Q.
+
+    args: q, k, v, visible, out, lse as in `_tile_forward`; d_out `[g, t, d]`; and
+    q, d_out transposed, `[g, d, t]`, so that dK^T = Q^T dS and dV^T = dO^T P are
+    plain matmuls (transposes hoisted out of the loop, where XLA cannot fold them)."""
+    q, k, v, visible, out, lse, d_out, q_t, d_out_t = args
+    dtype = _score_dtype(q.dtype)
+    delta = jnp.sum(d_out.astype(dtype) * out.astype(dtype), -1, keepdims=True)  # [g, t, 1]
+    g, s, d = k.shape
+    dq, dk_t, dv_t = [], jnp.zeros((g, d, s), dtype), jnp.zeros((g, d, s), dtype)
+    for span in _spans(is_causal, block, q.shape[1], s):
+        rows, keys = slice(span.start, span.stop), slice(0, span.keys)
+        scores, seen = _block_scores(is_causal, span, q, k, visible)
+        p = jnp.exp(scores - lse[:, rows])
+        dv_t = dv_t.at[:, :, keys].add(
+            jnp.matmul(d_out_t[:, :, rows], p.astype(v.dtype), preferred_element_type=dtype)
+        )
+        dp = jnp.matmul(d_out[:, rows], jnp.swapaxes(v[:, keys], -1, -2), preferred_element_type=dtype)
+        ds = jnp.where(seen, p * (dp - delta[:, rows]), 0).astype(q.dtype)  # hidden scores get none
+        dq.append(jnp.matmul(ds, k[:, keys], preferred_element_type=dtype))
+        dk_t = dk_t.at[:, :, keys].add(jnp.matmul(q_t[:, :, rows], ds, preferred_element_type=dtype))
+    return (
+        jnp.concatenate(dq, 1).astype(q.dtype),
+        jnp.swapaxes(dk_t, -1, -2).astype(k.dtype),
+        jnp.swapaxes(dv_t, -1, -2).astype(v.dtype),
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _tiles(is_causal: bool, block: int, q: Array, k: Array, v: Array, lengths: Array) -> Array:
+    """q `[tiles, g, t, d]` (scaled by 1/sqrt(d)), k, v `[tiles, g, s, d]`, lengths
+    `[tiles, g, 1, 1]` -> softmax attention `[tiles, g, t, d]`."""
+    return _tiles_forward(is_causal, block, q, k, v, lengths)[0]
+
+
+def _tiles_forward(is_causal, block, q, k, v, lengths):
+    out, lse = jax.lax.map(functools.partial(_tile_forward, is_causal, block), (q, k, v, lengths))
+    return out, (q, k, v, lengths, out, lse)
+
+
+def _tiles_backward(is_causal, block, residuals, d_out):
+    q = residuals[0]
+    transposed = (jnp.swapaxes(q, -1, -2), jnp.swapaxes(d_out, -1, -2))
+    dq, dk, dv = jax.lax.map(
+        functools.partial(_tile_backward, is_causal, block), (*residuals, d_out, *transposed)
+    )
+    return dq, dk, dv, None
+
+
+_tiles.defvjp(_tiles_forward, _tiles_backward)
 
 
 def _cached_attention(
