@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seqjax.models import transformer
 from seqjax.models.transformer import Transformer, attention, rope, sinusoidal
 from tests.helpers import check_grads_by_finite_differences
 
@@ -159,12 +160,14 @@ def softmax_attention(q, k, v, is_causal=False, key_value_seq_lengths=None):
     return jnp.einsum("bnts,bsnk->btnk", jax.nn.softmax(jnp.where(allowed, scores, -1e30), -1), v)
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_tiled_attention_matches_plain_softmax(causal, key):
+@pytest.mark.parametrize("causal, tile_scores", [(True, 2**18), (False, 2**18), (True, 50)])
+def test_tiled_attention_matches_plain_softmax(causal, tile_scores, key, monkeypatch):
     """The CPU attention's tiles (blocks of 4 queries over t=11: a ragged last block;
-    3 x 2 (batch, head) pairs: tiles of 6) against plain softmax attention in float64,
-    values and gradients, with key lengths 0 and below t. A query with no visible key
-    (the length-0 sequence) is left out: its value is arbitrary in both."""
+    3 x 2 (batch, head) pairs: one tile of 6, or with room for 50 scores a block, six
+    tiles of one) against plain softmax attention in float64, values and gradients,
+    with key lengths 0 and below t. A query with no visible key (the length-0
+    sequence) is left out: its value is arbitrary in both."""
+    monkeypatch.setattr(transformer, "TILE_SCORES", tile_scores)
     with jax.enable_x64(True):
         lengths = jnp.array([11, 0, 5])
         q, k, v = jax.random.normal(key, (3, 3, 11, 2, 4), jnp.float64)
