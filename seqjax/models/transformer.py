@@ -95,6 +95,10 @@ def sinusoidal(positions: Array, d_model: int, dtype: Any = jnp.float32) -> Arra
     return table.reshape(*positions.shape, d_model).astype(dtype)
 
 
+def _at_least_float32(dtype: Any) -> Any:
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
+
+
 def rope(x: Array, positions: Array, base: float = 10000.0) -> Array:
     """Rotary position embedding (Su et al. 2021), half-split layout.
 
@@ -108,7 +112,7 @@ def rope(x: Array, positions: Array, base: float = 10000.0) -> Array:
     """
     half = x.shape[-1] // 2
     # Angles grow with position: compute them in at least float32.
-    dtype = x.dtype if jnp.finfo(x.dtype).bits >= 32 else jnp.float32
+    dtype = _at_least_float32(x.dtype)
     freqs = base ** (-jnp.arange(half, dtype=dtype) / half)  # [k/2]
     angles = positions.astype(dtype)[..., None] * freqs  # [(b,) t, k/2]
     angles = jnp.broadcast_to(angles, (*x.shape[:2], half))[:, :, None, :]  # [b, t, 1, k/2]
@@ -209,15 +213,11 @@ def _spans(is_causal: bool, block: int, t: int, s: int) -> list[_Span]:
     return [_Span(a, min(a + block, t), min(a + block, t, s) if is_causal else s) for a in range(0, t, block)]
 
 
-def _score_dtype(dtype: Any) -> Any:
-    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
-
-
 def _block_scores(is_causal: bool, span: _Span, q: Array, k: Array, visible: Array) -> tuple[Array, Array]:
     """q: `[g, t, d]` (scaled), k: `[g, s, d]`, visible: `[g, 1, 1]` key lengths ->
     the block's scores `[g, stop - start, keys]`, hidden ones at a large negative
     finite value (so a query that sees no key averages them all), and the mask."""
-    dtype = _score_dtype(q.dtype)
+    dtype = _at_least_float32(q.dtype)
     scores = jnp.matmul(
         q[:, span.start : span.stop], jnp.swapaxes(k[:, : span.keys], -1, -2), preferred_element_type=dtype
     )
@@ -251,7 +251,7 @@ def _tile_backward(is_causal: bool, block: int, args: tuple[Array, ...]) -> tupl
     q, d_out transposed, `[g, d, t]`, so that dK^T = Q^T dS and dV^T = dO^T P are
     plain matmuls (transposes hoisted out of the loop, where XLA cannot fold them)."""
     q, k, v, visible, out, lse, d_out, q_t, d_out_t = args
-    dtype = _score_dtype(q.dtype)
+    dtype = _at_least_float32(q.dtype)
     delta = jnp.sum(d_out.astype(dtype) * out.astype(dtype), -1, keepdims=True)  # [g, t, 1]
     g, s, d = k.shape
     dq, dk_t, dv_t = [], jnp.zeros((g, d, s), dtype), jnp.zeros((g, d, s), dtype)
