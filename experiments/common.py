@@ -183,6 +183,11 @@ class Experiment:
       eval_lengths: default extra lengths to evaluate at (generalisation).
       eval_task: `train_length -> task` used at those lengths (default: the task),
         e.g. parity scored on strings longer than any seen in training.
+      validate_beyond: validation (the curves, early stopping, the choice of rate)
+        scores `eval_task` at the longest eval length, on the validation stream,
+        instead of the training task: for experiments whose result is the
+        generalisation, where a run exact on its training lengths may still be
+        learning what carries over. Without eval lengths, the training task.
       num_layers: default depth of every model.
       hidden_size: default width of every model.
       x_axis: `(label, length -> value)`: what accuracy_vs_length.png plots
@@ -213,6 +218,7 @@ class Experiment:
     model_learning_rates: tuple[str, ...] = ()
     eval_lengths: tuple[int, ...] = ()
     eval_task: Callable[[int], Any] | None = None
+    validate_beyond: bool = False
     num_layers: int = 1
     hidden_size: int = 64
     x_axis: tuple[str, Callable[[int], float]] | None = None
@@ -632,14 +638,16 @@ def _run(
             length,
             _train_config(settings, length, experiment.solved_accuracy),
             workdir / f"{label(spec)}_len{length}",
+            _validation(experiment, settings, length),
         )
         for spec, length in itertools.product(settings.models, settings.lengths)
     ]
     if settings.resume:  # every group's checkpoint against this command, before anything compiles
-        for spec, _, config, group in groups:
-            record = checkpoints.run_record(models[spec], task, config, *zip(*runs[spec], strict=True))
+        for spec, _, config, group, validation in groups:
+            run_lists = zip(*runs[spec], strict=True)
+            record = checkpoints.run_record(models[spec], task, config, *run_lists, validation)
             checkpoints.check_resumable(group, record, config)
-    for spec, length, config, group in groups:
+    for spec, length, config, group, validation in groups:
         model = models[spec]
         start = time.perf_counter()
         seeds, lrs = zip(*runs[spec], strict=True)
@@ -653,6 +661,7 @@ def _run(
             resume=settings.resume,
             mesh=mesh,
             on_nonfinite=settings.on_nonfinite,
+            validation=validation,
         )
         seconds = time.perf_counter() - start
         group_rows = _rows(experiment, settings, spec, length, config, model, state, history, mesh, seconds)
@@ -673,6 +682,15 @@ def _run(
         plot(workdir, experiment, rows, curves)
         print(f"\n{experiment.name}: results in {workdir}\n\n{table}\n")
     return rows
+
+
+def _validation(experiment: Experiment, settings: Settings, length: int) -> tuple[Any, int] | None:
+    """`train`'s validation for a group trained at `length`: the eval task at the
+    longest eval length where the experiment validates beyond its training lengths."""
+    if not (experiment.validate_beyond and settings.eval_lengths):
+        return None
+    eval_task = experiment.eval_task(length) if experiment.eval_task else experiment.task
+    return eval_task, max(settings.eval_lengths)
 
 
 def _rows(experiment, settings, spec, length, config, model, state, history, mesh, seconds) -> list[dict]:
@@ -835,7 +853,7 @@ def plot(workdir: pathlib.Path, experiment: Experiment, rows: list[dict], curves
         ax.axhline(experiment.task.baseline(length).loss, color="k", linestyle="--", label="memoryless")
         ax.set_title(f"{experiment.name}, length {length}")
         ax.set_xlabel("step")
-        ax.set_ylabel("validation loss")
+        ax.set_ylabel("validation loss" + (" (eval lengths)" if experiment.validate_beyond else ""))
         ax.set_yscale("log")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()

@@ -103,6 +103,9 @@ def test_chomsky_experiment_scores_longer_inputs_and_writes_the_table(tmp_path, 
     names = ["parity_check", "modular_arithmetic_brackets"]
     assert [(r["task"], r["seed"]) for r in rows] == [(n, s) for n in names for s in (0, 1)]
     assert all(0.0 <= r["accuracy_at_7"] <= 1.0 for r in rows)
+    # Validation (early stopping, the rate) scored the longer inputs, not the training ones.
+    validation = json.loads((tmp_path / "parity_check" / "transformer_len4" / "run.json").read_text())
+    assert validation["validation"]["length"] == 7 and validation["validation"]["task"]["min_length"] == 5
     table = (tmp_path / "results.md").read_text()
     assert "| parity_check | R | 0.500 |" in table and "| 1.000 | 1.000 | 0.520 |" in table
     assert "| modular_arithmetic_brackets | DCF | 0.200 |" in table and "0.325†" in table

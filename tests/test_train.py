@@ -2,6 +2,7 @@
 uninterrupted run is in test_robustness.py, with damaged checkpoints)."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -16,6 +17,7 @@ MODEL = SequenceModel("gru", output_size=TASK.output_size, hidden_size=8, vocab_
 CONFIG = TrainConfig(
     length=4, steps=20, batch_size=8, warmup_steps=5, log_every=5, eval_every=10, checkpoint_every=10
 )
+RUNS = ([0, 1], [1e-2, 3e-3])
 
 
 @pytest.fixture(autouse=True)
@@ -90,10 +92,32 @@ def test_config_errors():
         train(MODEL, TASK, CONFIG, [0, 1], [1e-2], "/tmp/unused")
 
 
+def test_validation_scores_the_given_task_and_length(tmp_path):
+    """Every evaluation scores `validation`'s task and length on the validation stream,
+    run.json records it, and a resume with another validation is refused."""
+    longer = dataclasses.replace(TASK, memory=5)
+    validation = (longer, 9)
+    state, history = train(MODEL, TASK, CONFIG, *RUNS, tmp_path, validation=validation)
+    loss, accuracy = loop.make_evaluate(MODEL, longer, CONFIG)(state.params, state.seed, 9)
+    usual = loop.make_evaluate(MODEL, TASK, CONFIG)(state.params, state.seed, CONFIG.length)
+    final = [line for line in history if line["step"] == CONFIG.steps]
+    np.testing.assert_allclose([line["eval_loss"] for line in final], loss, rtol=1e-6)
+    np.testing.assert_allclose([line["eval_accuracy"] for line in final], accuracy, rtol=1e-6)
+    assert not np.allclose(loss, usual[0], rtol=1e-3)
+    record = json.loads((tmp_path / "run.json").read_text())["validation"]
+    assert (record["length"], record["task"]["memory"]) == (9, 5)
+    with pytest.raises(ValueError, match=r"validation: .*\"length\": 9} there, .*\"length\": 8} now"):
+        train(MODEL, TASK, CONFIG, *RUNS, tmp_path, resume=True, validation=(longer, 8))
+    other = "validation's task must have the training task's output_size=6; got 7"
+    with pytest.raises(ValueError, match=other):
+        train(MODEL, TASK, CONFIG, *RUNS, tmp_path / "x", validation=(tasks.Copy(memory=3, alphabet=5), 4))
+    with pytest.raises(ValueError, match="validation's length must be"):
+        train(MODEL, TASK, CONFIG, *RUNS, tmp_path / "x", validation=(longer, 0))
+
+
 # ---------------------------------------------------------------- early stopping
 
 EVERY5 = dataclasses.replace(CONFIG, eval_every=5)
-RUNS = ([0, 1], [1e-2, 3e-3])
 
 
 @pytest.fixture(scope="module")

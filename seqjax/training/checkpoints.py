@@ -142,15 +142,21 @@ def describe(value: Any) -> Any:
     return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
-def run_record(model: Any, task: Any, config: Any, seeds: Any, learning_rates: Any) -> dict[str, Any]:
-    """What a group of runs is, as `run.json` records it."""
-    return {
+def run_record(
+    model: Any, task: Any, config: Any, seeds: Any, learning_rates: Any, validation: Any = None
+) -> dict[str, Any]:
+    """What a group of runs is, as `run.json` records it (`validation`, `train`'s, only
+    where it is given: older records still describe runs without it)."""
+    record = {
         "model": describe(model),
         "task": describe(task),
         "config": describe(config),
         "seeds": [int(s) for s in seeds],
         "learning_rates": [float(lr) for lr in learning_rates],
     }
+    if validation is not None:
+        record["validation"] = {"task": describe(validation[0]), "length": int(validation[1])}
+    return record
 
 
 def check_resume(workdir: pathlib.Path, record: dict[str, Any], step: int) -> None:
@@ -163,7 +169,8 @@ def check_resume(workdir: pathlib.Path, record: dict[str, Any], step: int) -> No
             f"{workdir} has checkpoints but no {RUN_FILE} to check them against; not resuming it"
         )
     saved = json.loads(path.read_text())
-    differing = [k for k in ("model", "task", "seeds", "learning_rates") if saved.get(k) != record[k]]
+    keys = ("model", "task", "seeds", "learning_rates", "validation")
+    differing = [k for k in keys if saved.get(k) != record.get(k)]
     old_config, new_config = saved.get("config", {}), record["config"]
     differing += [
         f"config.{k}"

@@ -47,7 +47,7 @@ from seqjax.data import datasets
 from seqjax.data.tasks import Batch, Loss
 from seqjax.training import checkpoints, distributed
 from seqjax.training.config import TrainConfig, make_optimizer
-from seqjax.validation import as_enum, check_real
+from seqjax.validation import as_enum, check_positive_int, check_real
 
 Array = jax.Array
 
@@ -339,14 +339,17 @@ def in_compute_dtype(config: TrainConfig, tree: Any) -> Any:
 
 
 @functools.cache
-def _programs(model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = None):
+def _programs(
+    model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = None, validation_task: Any = None
+):
     """Optimizer and compiled programs, shared by every `train` call of one
-    configuration (models, tasks, configs and meshes are hashable)."""
+    configuration (models, tasks, configs and meshes are hashable); evaluation scores
+    `validation_task` where one is given."""
     optimizer = make_optimizer(config)
     return (
         optimizer,
         make_train_chunk(model, task, config, optimizer, mesh),
-        make_evaluate(model, task, config, mesh),
+        make_evaluate(model, task if validation_task is None else validation_task, config, mesh),
     )
 
 
@@ -428,6 +431,7 @@ def train(
     on_log: Callable[[int, list[dict]], None] | None = None,
     mesh: Mesh | None = None,
     on_nonfinite: OnNonFinite | str = OnNonFinite.STOP,
+    validation: tuple[Any, int] | None = None,
 ) -> tuple[TrainState, list[dict]]:
     """Trains R = len(seeds) runs together (run i: seeds[i], learning_rates[i]).
 
@@ -451,6 +455,11 @@ def train(
         The number of runs must be a multiple of its `runs` axis and
         `config.batch_size` of its `data` axis.
       on_nonfinite: see `OnNonFinite`.
+      validation: `(task, length)` that every evaluation scores on the validation
+        stream, in place of `task` at `config.length`: where the result is how a model
+        carries over to other inputs (longer ones, for length generalisation), early
+        stopping and the curves follow those. A generated task with the training
+        task's vocabulary and outputs.
 
     Returns:
       The final states `[R]` and the metrics history (dicts with run, seed,
@@ -467,6 +476,8 @@ def train(
     """
     _check_runs(model, task, seeds, learning_rates)
     task.num_steps(config.length)  # a dataset refuses a length that is not its own
+    if validation is not None:
+        _check_validation(task, validation)
     if hasattr(task, "check_batch_size"):
         task.check_batch_size(config.batch_size, "config.batch_size")
     on_nonfinite = as_enum(OnNonFinite, on_nonfinite, "on_nonfinite")
@@ -477,12 +488,30 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     with checkpoints.workdir_lock(workdir) if writer else contextlib.nullcontext():
         return _train(
-            model, task, config, seeds, learning_rates, workdir, resume, on_log, mesh, on_nonfinite, writer
-        )
+            model, task, config, seeds, learning_rates, workdir, resume, on_log, mesh, on_nonfinite, writer,
+            validation,
+        )  # fmt: skip
 
 
-def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, mesh, on_nonfinite, writer):
-    record = checkpoints.run_record(model, task, config, seeds, learning_rates)
+def _check_validation(task: Any, validation: Any) -> None:
+    if not isinstance(validation, tuple) or len(validation) != 2:
+        raise ValueError(f"validation must be a (task, length) pair; got {validation!r}")
+    other, length = validation
+    check_positive_int(length, "validation's length")
+    for name in ("output_size", "vocab_size", "input_size", "loss"):
+        if getattr(other, name, None) != getattr(task, name, None):
+            raise ValueError(
+                f"validation's task must have the training task's {name}={getattr(task, name, None)}; "
+                f"got {getattr(other, name, None)}"
+            )
+    if not hasattr(other, "sample"):
+        raise ValueError(f"validation's task must be a generated task (with `sample`); got {other!r}")
+    jax.eval_shape(lambda key: other.sample(key, 1, length), jax.random.key(0))  # the task checks the length
+
+
+def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, mesh, on_nonfinite, writer,
+           validation):  # fmt: skip
+    record = checkpoints.run_record(model, task, config, seeds, learning_rates, validation)
     manager = checkpoints.manager(workdir, config) if config.checkpoint_every else None
     resuming = resume and manager is not None and manager.latest_step() is not None
     if resuming:
@@ -494,7 +523,8 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
         # its steps, or be resumed as if they were its own.
         for stale in manager.all_steps():
             manager.delete(stale)
-    optimizer, train_chunk, evaluate = _programs(model, task, config, mesh)
+    validation_task, validation_length = validation or (None, config.length)
+    optimizer, train_chunk, evaluate = _programs(model, task, config, mesh, validation_task)
     state = init_state(model, optimizer, seeds, learning_rates, mesh)
     if config.tbptt is not None:
         # Overwritten at each sequence's first window; a checkpoint keeps it between windows.
@@ -546,7 +576,7 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
             for r in range(len(seeds))
         ]
         if step % config.eval_every == 0 or step == config.steps:
-            eval_loss, eval_accuracy = jax.device_get(evaluate(state.params, state.seed, config.length))
+            eval_loss, eval_accuracy = jax.device_get(evaluate(state.params, state.seed, validation_length))
             for r, line in enumerate(lines):
                 line["eval_loss"], line["eval_accuracy"] = float(eval_loss[r]), float(eval_accuracy[r])
                 reason = None if r in stopped else _stop_reason(config, history, line)
