@@ -78,7 +78,7 @@ def experiment(name: str) -> common.Experiment:
     a context-sensitive task beside it takes about 10 minutes more (with
     duplicate_string, 825 s; README: the other tasks). No patience by default: the one LSTM
     of ten that learnt cycle navigation (README) scored worse on validation than at
-    its first evaluation for 9000 steps before it generalised."""
+    its first evaluation from step 1000 to 9000, then generalised."""
     task = chomsky.CHOMSKY[name]()
     return common.Experiment(
         name="chomsky",
