@@ -443,7 +443,7 @@ def check_settings(experiment: Experiment, settings: Settings) -> None:
             jax.eval_shape(lambda k, n=length: experiment.task.sample(k, 1, n), key)
         except ValueError as error:
             raise ValueError(f"--lengths: {error}") from None
-        eval_task = experiment.eval_task(length) if experiment.eval_task else experiment.task
+        eval_task = _eval_task(experiment, length)
         for eval_length in settings.eval_lengths:
             try:
                 jax.eval_shape(lambda k, n=eval_length, t=eval_task: t.sample(k, 1, n), key)
@@ -684,13 +684,17 @@ def _run(
     return rows
 
 
+def _eval_task(experiment: Experiment, length: int) -> Any:
+    """The task the eval lengths score, for a group trained at `length`."""
+    return experiment.eval_task(length) if experiment.eval_task else experiment.task
+
+
 def _validation(experiment: Experiment, settings: Settings, length: int) -> tuple[Any, int] | None:
     """`train`'s validation for a group trained at `length`: the eval task at the
     longest eval length where the experiment validates beyond its training lengths."""
     if not (experiment.validate_beyond and settings.eval_lengths):
         return None
-    eval_task = experiment.eval_task(length) if experiment.eval_task else experiment.task
-    return eval_task, max(settings.eval_lengths)
+    return _eval_task(experiment, length), max(settings.eval_lengths)
 
 
 def _rows(experiment, settings, spec, length, config, model, state, history, mesh, seconds) -> list[dict]:
@@ -704,7 +708,7 @@ def _rows(experiment, settings, spec, length, config, model, state, history, mes
 
     test = scored(task, length)
     # Generalisation and variants are scored on the test stream too.
-    eval_task = experiment.eval_task(length) if experiment.eval_task else task
+    eval_task = _eval_task(experiment, length)
     for eval_length in settings.eval_lengths:
         extra[f"accuracy_at_{eval_length}"] = scored(eval_task, eval_length)[1]
     for name, variant in experiment.variants:

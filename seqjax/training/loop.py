@@ -339,17 +339,15 @@ def in_compute_dtype(config: TrainConfig, tree: Any) -> Any:
 
 
 @functools.cache
-def _programs(
-    model: Any, task: Any, config: TrainConfig, mesh: Mesh | None = None, validation_task: Any = None
-):
+def _programs(model: Any, task: Any, config: TrainConfig, mesh: Mesh | None, validation_task: Any):
     """Optimizer and compiled programs, shared by every `train` call of one
-    configuration (models, tasks, configs and meshes are hashable); evaluation scores
-    `validation_task` where one is given."""
+    configuration (models, tasks, configs and meshes are hashable); evaluation
+    scores `validation_task`."""
     optimizer = make_optimizer(config)
     return (
         optimizer,
         make_train_chunk(model, task, config, optimizer, mesh),
-        make_evaluate(model, task if validation_task is None else validation_task, config, mesh),
+        make_evaluate(model, validation_task, config, mesh),
     )
 
 
@@ -523,7 +521,7 @@ def _train(model, task, config, seeds, learning_rates, workdir, resume, on_log, 
         # its steps, or be resumed as if they were its own.
         for stale in manager.all_steps():
             manager.delete(stale)
-    validation_task, validation_length = validation or (None, config.length)
+    validation_task, validation_length = validation or (task, config.length)
     optimizer, train_chunk, evaluate = _programs(model, task, config, mesh, validation_task)
     state = init_state(model, optimizer, seeds, learning_rates, mesh)
     if config.tbptt is not None:
