@@ -129,14 +129,14 @@ def test_zoology_grid_over_widths(tmp_path, capsys, monkeypatch):
 
     settings = common.Settings(models=("gru",), lengths=(32,), workdir=str(tmp_path), **TINY)
     settings = dataclasses.replace(
-        settings, model_learning_rates=("gru=1e-2/3e-3",), task_options=("vocab_size=16",)
+        settings, model_learning_rates=("gru=1e-2/3e-3",), task_options=("vocab_size=32",)
     )
     lines = []
     monkeypatch.setattr(matplotlib.axes.Axes, "axhline", lambda ax, y, **kw: lines.append(y))
     rows = zoology.run(zoology.EXPERIMENT, settings, (4, 8))
-    # The grid's plot, drawn last, has the trained task's memoryless baseline: 8 values of
-    # 16 tokens, not the default task's 32 of 64 (the per-width curves draw theirs first).
-    assert lines[-1] == 1 / 8
+    # The grid's plot, drawn last, has the trained task's memoryless baseline: 16 values of
+    # 32 tokens, not the default task's 8 of 16 (the per-width curves draw theirs first).
+    assert lines[-1] == 1 / 16
     # Both rates of --model_learning_rates trained; the grid keeps the one chosen on validation.
     trained = json.loads((tmp_path / "d4" / "summary.json").read_text())
     assert sorted((r["seed"], r["learning_rate"]) for r in trained) == [
@@ -423,6 +423,8 @@ def test_zoology_full_is_the_papers_grid_where_flags_do_not_say_otherwise(monkey
     assert seen["widths"] == (64, 128, 256, 512) and settings.lengths == (64, 128, 256)
     assert settings.steps == 100 and len(settings.learning_rates) == 4 and settings.learning_rates[0] == 1e-4
     assert seen["experiment"].task.vocab_size == 8192 and set(settings.models) == set(registry.names())
+    # Every family sweeps the four rates: the default's per-model rate does not apply.
+    assert common.model_learning_rates(settings) == {}
 
 
 def test_text_generation_on_a_users_file_reports_bits_per_character_and_samples(tmp_path, capsys):

@@ -253,6 +253,59 @@ def test_every_method_equals_the_step_by_step_scan(family):
                     np.testing.assert_allclose(g, w, rtol=tolerance, atol=tolerance * scale)
 
 
+def test_selective_scan_equals_the_recurrence_it_fuses_and_finite_differences(monkeypatch):
+    # Examples split over 3 threads (A's gradient summed over them), channels in two full
+    # blocks and a partial one, lengths with 0 and t; against linear_recurrence and an
+    # einsum, values and gradients in float64, then finite differences, then vmap.
+    if not linear.gated_supports(jnp.float64):
+        pytest.skip(f"the fused loop cannot run here: {linear.fused_unavailable_reason()}")
+    monkeypatch.setenv("SEQJAX_CPU_THREADS", "3")
+    t, b, e, n = 40, 8, 40, 16
+    lengths = jnp.array([40, 0, 17, 1, 39, 40, 5, 23], jnp.int32)
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        args = (
+            jnp.asarray(np.log1p(np.exp(rng.normal(size=(t, b, e))))),  # delta > 0
+            jnp.asarray(rng.normal(size=(t, b, e))),
+            jnp.asarray(-np.exp(rng.normal(size=(e, n)))),
+            jnp.asarray(rng.normal(size=(t, b, n))),
+            jnp.asarray(rng.normal(size=(t, b, n))),
+            jnp.asarray(rng.normal(size=(b, e, n))),
+        )
+
+        def unfused(delta, x, a, bm, c, h0):
+            coefficients = jnp.exp(delta[..., None] * a), (delta * x)[..., None] * bm[..., None, :]
+            hs, h_n = linear_recurrence(*coefficients, h0, lengths=lengths, method="sequential")
+            return jnp.einsum("tben,tbn->tbe", hs, c), h_n
+
+        def fused(*args):
+            return linear.selective_scan(*args, lengths=lengths)
+
+        cotangents = (jnp.asarray(rng.normal(size=(t, b, e))), jnp.asarray(rng.normal(size=(b, e, n))))
+        for name, want, got in (
+            ("values", *(f(*args) for f in (unfused, fused))),
+            ("gradients", *(jax.vjp(f, *args)[1](cotangents) for f in (unfused, fused))),
+        ):
+            for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+                np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10, err_msg=name)
+
+        def loss(*args):
+            ys, h_n = fused(*args)
+            return jnp.sum(jnp.sin(ys)) + jnp.sum(jnp.cos(h_n))
+
+        check_grads_by_finite_differences(loss, args)
+        batched = jax.vmap(fused)(*(jnp.stack([v, 2 * v]) for v in args))
+        for i in range(2):
+            for w, g in zip(fused(*(v * (i + 1) for v in args)), batched, strict=True):
+                np.testing.assert_allclose(g[i], w, rtol=1e-12, atol=1e-12)
+    with pytest.raises(
+        ValueError, match=r"a \[E, N\], b, c \[t, b, N\] and h0 \[b, E, N\]; got .*c \(40, 8, 15\)"
+    ):
+        linear.selective_scan(*args[:4], args[4][..., 1:], args[5])
+    with pytest.raises(ValueError, match="lengths"):
+        linear.selective_scan(*args, lengths=jnp.zeros(3, jnp.int32))
+
+
 def test_layers_take_the_sequence_path_and_the_method_switch():
     layer = seqjax.MinGRU(D, H, method="parallel")
     params = layer.init(jax.random.key(0))

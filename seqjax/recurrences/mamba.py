@@ -19,8 +19,10 @@ The carry is `MambaState(conv, ssm)`: the last K-1 conv inputs `[..., K-1, E]` a
 the SSM state `[..., E, N]`. A Mamba network adds a residual and a norm around each
 layer; `seqjax.Recurrent` stacks the mixers as they are.
 
-Memory: the sequence path materialises `[t, b, E, N]` coefficients (Mamba's CUDA
-kernel keeps them in SRAM), 2 * expand * N times the size of the outputs.
+Memory: on CPU the sequence path runs the S6 recurrence in one fused loop
+(`linear.selective_scan`) that keeps each block of channels' states in cache, as
+Mamba's CUDA kernel keeps them in SRAM; the other methods materialise `[t, b, E, N]`
+coefficients and states, 2 * expand * N times the size of the outputs.
 """
 
 from __future__ import annotations
@@ -131,28 +133,34 @@ class MambaCell:
             jnp.zeros((*batch_shape, e, self.state_size), dtype),
         )
 
-    def _selective(self, params: dict[str, Array], x: Array) -> tuple[Array, Array, Array]:
-        """Conv output `x: [..., E]` -> `(exp(Delta A): [..., E, N], Delta x B: [..., E, N], C: [..., N])`."""
+    def _projections(self, params: dict[str, Array], x: Array) -> tuple[Array, Array, Array]:
+        """Conv output `x: [..., E]` -> `(Delta: [..., E], B: [..., N], C: [..., N])`."""
         r, n = self.rank, self.state_size
         dbc = matmul(x, params["w_x"])
-        delta = jax.nn.softplus(matmul(dbc[..., :r], params["w_dt"]) + params["b_dt"])  # [..., E]
-        b, c = dbc[..., r : r + n], dbc[..., r + n :]
-        a = jnp.exp(delta[..., None] * -jnp.exp(params["A_log"]))
-        return a, (delta * x)[..., None] * b[..., None, :], c
+        delta = jax.nn.softplus(matmul(dbc[..., :r], params["w_dt"]) + params["b_dt"])
+        return delta, dbc[..., r : r + n], dbc[..., r + n :]
 
-    def _output(self, params: dict[str, Array], h: Array, c: Array, x: Array, z: Array) -> Array:
-        """`(h C + D x) * silu(z)`, projected: `[..., h]`."""
-        y = jnp.einsum("...en,...n->...e", h, c) + params["D"] * x
-        return matmul(y * jax.nn.silu(z), params["w_out"])
+    def _coefficients(
+        self, params: dict[str, Array], delta: Array, x: Array, b: Array
+    ) -> tuple[Array, Array]:
+        """The recurrence's `(exp(Delta A), Delta x B)`: `[..., E, N]` each."""
+        a = jnp.exp(delta[..., None] * -jnp.exp(params["A_log"]))
+        return a, (delta * x)[..., None] * b[..., None, :]
+
+    def _output(self, params: dict[str, Array], hc: Array, x: Array, z: Array) -> Array:
+        """`(h C + D x) * silu(z)` from `hc = h C: [..., E]`, projected: `[..., h]`."""
+        return matmul((hc + params["D"] * x) * jax.nn.silu(z), params["w_out"])
 
     def step(self, params: dict[str, Array], carry: MambaState, u: Array) -> tuple[MambaState, Array]:
         """One step: `u: [..., d]` -> `(carry, y: [..., h])`."""
         x, z = jnp.split(matmul(u, params["w_in"]), 2, axis=-1)
         window = jnp.concatenate([carry.conv, x[..., None, :]], axis=-2)  # [..., K, E]
         x = jax.nn.silu(jnp.sum(window * params["conv_w"], axis=-2) + params["conv_b"])
-        a, b, c = self._selective(params, x)
+        delta, b, c = self._projections(params, x)
+        a, b = self._coefficients(params, delta, x, b)
         h = (a * carry.ssm + b).astype(carry.ssm.dtype)
-        return MambaState(window[..., 1:, :], h), self._output(params, h, c, x, z)
+        hc = jnp.einsum("...en,...n->...e", h, c)
+        return MambaState(window[..., 1:, :], h), self._output(params, hc, x, z)
 
     def run_sequence(
         self,
@@ -166,9 +174,10 @@ class MambaCell:
     ) -> tuple[MambaState, Array]:
         """`us: [t, b, d]` -> `(final carry, ys: [t, b, h])`, ys zero past each length.
 
-        The convolution is K shifted products over the whole sequence, the S6
-        recurrence one `linear_recurrence`; reversal reverses each sequence within
-        its length, runs forward and reverses back.
+        The convolution is K shifted products over the whole sequence; the S6
+        recurrence one `linear.selective_scan` with the "fused" method (the CPU
+        default: no `[t, b, E, N]` array is formed), else one `linear_recurrence`.
+        Reversal reverses each sequence within its length, runs forward and reverses back.
         """
         if reverse:
             final, ys = self.run_sequence(
@@ -180,10 +189,17 @@ class MambaCell:
         padded = jnp.concatenate([jnp.swapaxes(carry.conv, 0, 1), x])  # [K-1+t, b, E]
         conv = sum(padded[i : i + t] * params["conv_w"][i] for i in range(k_w)) + params["conv_b"]
         x = jax.nn.silu(conv)
-        a, b, c = self._selective(params, x)
+        delta, b, c = self._projections(params, x)
         method = self.method if method is None else method
-        hs, h_n = linear.linear_recurrence(a, b, carry.ssm, lengths=lengths, method=method)
-        ys = self._output(params, hs.astype(carry.ssm.dtype), c, x, z)
+        dtype = jnp.promote_types(x.dtype, carry.ssm.dtype)
+        if linear.resolve(method, dtype) is linear.Method.FUSED:
+            a = -jnp.exp(params["A_log"])
+            hc, h_n = linear.selective_scan(delta.astype(dtype), x, a, b, c, carry.ssm, lengths=lengths)
+        else:
+            a, b = self._coefficients(params, delta, x, b)
+            hs, h_n = linear.linear_recurrence(a, b, carry.ssm, lengths=lengths, method=method)
+            hc = jnp.einsum("tben,tbn->tbe", hs.astype(carry.ssm.dtype), c)
+        ys = self._output(params, hc.astype(carry.ssm.dtype), x, z)
         # The conv state: the K-1 inputs before each sequence's end, from the padded sequence.
         ends = jnp.full(us.shape[1:2], t) if lengths is None else lengths
         index = ends[None, :] + jnp.arange(k_w - 1, dtype=ends.dtype)[:, None]  # [K-1, b] in padded time

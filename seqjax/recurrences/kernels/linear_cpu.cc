@@ -28,6 +28,9 @@
 //           f = sigmoid(k_f), i = sigmoid(k_i), the ratio formed from exponentials
 //           scaled by their largest, so it never overflows nor divides 0 by 0
 //   g(x) = x + 1/2 for x >= 0, sigmoid(x) otherwise (positive and continuous).
+//
+// The selective scan (Mamba's S6, below) takes Delta, x, A, B and C and returns the
+// readout y = h C: its [t, b, E, N] coefficients and states never reach memory.
 
 #include <algorithm>
 #include <cstdint>
@@ -48,27 +51,33 @@ namespace {
 constexpr int64_t kMinWorkPerThread = 1 << 16;  // elements of [t, N]
 constexpr int64_t kAlign = 16;                  // columns per thread, a multiple of this
 
-int NumThreads(int64_t t, int64_t n) {
+// Threads for `work` elements split into `units` independent parts: no more than the
+// cores ($SEQJAX_CPU_THREADS), the parts, or one per kMinWorkPerThread elements.
+int NumThreads(int64_t work, int64_t units) {
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   if (const char* env = std::getenv("SEQJAX_CPU_THREADS")) threads = std::atoi(env);
-  const int64_t by_work = std::max<int64_t>(1, t * n / kMinWorkPerThread);
-  const int64_t by_columns = std::max<int64_t>(1, n / kAlign);
-  return static_cast<int>(std::clamp<int64_t>(threads, 1, std::min(by_work, by_columns)));
+  const int64_t by_work = std::max<int64_t>(1, work / kMinWorkPerThread);
+  return static_cast<int>(std::clamp<int64_t>(threads, 1, std::min(by_work, std::max<int64_t>(1, units))));
 }
 
-// Runs fn(begin, end) over column ranges [begin, end) of [0, n), one per thread.
+// Runs fn(i, begin, end) on `threads` threads over ranges of [0, count) whose bounds
+// (but the last) are multiples of `align`.
 template <typename Fn>
-void ForColumns(int64_t t, int64_t n, Fn fn) {
-  const int threads = NumThreads(t, n);
+void ForRanges(int64_t count, int threads, int64_t align, Fn fn) {
   auto range = [&](int i) {
-    const int64_t begin = (n * i / threads) / kAlign * kAlign;
-    const int64_t end = i + 1 == threads ? n : (n * (i + 1) / threads) / kAlign * kAlign;
-    fn(begin, end);
+    const int64_t begin = (count * i / threads) / align * align;
+    fn(i, begin, i + 1 == threads ? count : (count * (i + 1) / threads) / align * align);
   };
   std::vector<std::thread> workers;
   for (int i = 1; i < threads; ++i) workers.emplace_back(range, i);
   range(0);
   for (auto& worker : workers) worker.join();
+}
+
+// Runs fn(begin, end) over column ranges [begin, end) of [0, n), one per thread.
+template <typename Fn>
+void ForColumns(int64_t t, int64_t n, Fn fn) {
+  ForRanges(n, NumThreads(t * n, n / kAlign), kAlign, [&](int, int64_t begin, int64_t end) { fn(begin, end); });
 }
 
 // out = a * h + b over columns [begin, end) (reals; complex as interleaved pairs).
@@ -240,15 +249,8 @@ struct GatedShape {
 // Runs fn(u_begin, u_end) over ranges of hidden units, one per thread.
 template <typename Fn>
 void ForUnits(const GatedShape& s, Fn fn) {
-  const int threads = NumThreads(s.t * s.b, s.h);
-  auto range = [&](int i) {
-    const int64_t begin = (s.h * i / threads) / kAlign * kAlign;
-    fn(begin, i + 1 == threads ? s.h : (s.h * (i + 1) / threads) / kAlign * kAlign);
-  };
-  std::vector<std::thread> workers;
-  for (int i = 1; i < threads; ++i) workers.emplace_back(range, i);
-  range(0);
-  for (auto& worker : workers) worker.join();
+  ForRanges(s.h, NumThreads(s.t * s.b * s.h, s.h / kAlign), kAlign,
+            [&](int, int64_t begin, int64_t end) { fn(begin, end); });
 }
 
 template <typename R, int64_t kForm>
@@ -311,6 +313,191 @@ void GatedBackward(const GatedShape& s, const R* k, const R* bias, const R* hs, 
       }
     }
   });
+}
+
+// ---------------------------------------------------------------- the selective scan (Mamba's S6)
+// Per example r, channel e and state index n (Gu & Dao 2023, Algorithm 2):
+//   h_t[e, n] = exp(delta_t[e] A[e, n]) h_{t-1}[e, n] + delta_t[e] x_t[e] B_t[n]
+//   y_t[e] = sum_n h_t[e, n] C_t[n]
+// As linear_recurrence would run it, the [t, b, E, N] coefficients and states are
+// written and read several times over, forward and backward; here they never leave
+// the cache: each thread takes whole examples, walks time over a block of kBlock
+// channels with the block's [N, kBlock] state in registers and L1, and writes only y.
+// The backward pass recomputes the block's states into a buffer of [t, N, kBlock]
+// (as Mamba's CUDA kernel recomputes them in SRAM), then runs time backwards.
+// Layouts: delta, x, y [t, b, E]; A [E, N]; B, C [t, b, N]; h0, h_n [b, E, N];
+// lengths [b]: past an example's length the state stops and y is zero.
+
+struct SelectiveShape {
+  int64_t t, b, e, n;
+};
+
+// A transposed to [N, E], so that a block of channels is contiguous.
+template <typename R>
+std::vector<R> Transposed(const R* a, int64_t rows, int64_t cols) {
+  std::vector<R> out(rows * cols);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = a[i * cols + j];
+  return out;
+}
+
+#define SEQJAX_BLOCK for (int64_t j = 0; j < (W ? W : w); ++j)
+
+// One example's block of w <= kBlock channels from state (its [N, kBlock] layout) over
+// steps [0, len): y of the block, and every state into hist ([len, N, kBlock]) if given.
+template <typename R, int W>
+void SelectiveForwardBlock(const SelectiveShape& s, int64_t w, const R* __restrict delta, const R* __restrict x,
+                           const R* __restrict at, const R* __restrict bm, const R* __restrict cm, int64_t len,
+                           R* __restrict state, R* __restrict y, R* __restrict hist) {
+  const int64_t row = s.b * s.e, row_n = s.b * s.n;  // one step of delta, x, y; of B, C
+  for (int64_t t = 0; t < len; ++t) {
+    R d[kBlock], u[kBlock], out[kBlock] = {};
+    SEQJAX_BLOCK d[j] = delta[t * row + j];
+    SEQJAX_BLOCK u[j] = d[j] * x[t * row + j];
+    for (int64_t k = 0; k < s.n; ++k) {
+      const R bk = bm[t * row_n + k], ck = cm[t * row_n + k];
+      R* h = state + k * kBlock;
+      SEQJAX_BLOCK h[j] = Exp(d[j] * at[k * s.e + j]) * h[j] + u[j] * bk;
+      SEQJAX_BLOCK out[j] += h[j] * ck;
+    }
+    if (y) SEQJAX_BLOCK y[t * row + j] = out[j];
+    if (hist) std::copy(state, state + s.n * kBlock, hist + t * s.n * kBlock);
+  }
+}
+
+// The block's gradients, time backwards from len - 1: carry holds d loss / d h_t
+// coming from later steps ([N, kBlock]; d h_n on entry, d h0 on exit); h0 is the
+// block's first state and hist its states. d_delta, dx are the block's; dB, dC the
+// example's rows (summed over channels); da its [N, E] gradient of A, summed too.
+template <typename R, int W>
+void SelectiveBackwardBlock(const SelectiveShape& s, int64_t w, const R* __restrict delta, const R* __restrict x,
+                            const R* __restrict at, const R* __restrict bm, const R* __restrict cm,
+                            const R* __restrict gy, int64_t len, const R* __restrict h0, const R* __restrict hist,
+                            R* __restrict carry, R* __restrict d_delta, R* __restrict dx, R* __restrict db,
+                            R* __restrict dc, R* __restrict da) {
+  const int64_t row = s.b * s.e, row_n = s.b * s.n;
+  for (int64_t t = len - 1; t >= 0; --t) {
+    const R* h = hist + t * s.n * kBlock;
+    const R* h_prev = t > 0 ? hist + (t - 1) * s.n * kBlock : h0;
+    R d[kBlock], xv[kBlock], u[kBlock], g[kBlock], dd[kBlock] = {}, du[kBlock] = {};
+    SEQJAX_BLOCK d[j] = delta[t * row + j];
+    SEQJAX_BLOCK xv[j] = x[t * row + j];
+    SEQJAX_BLOCK u[j] = d[j] * xv[j];
+    SEQJAX_BLOCK g[j] = gy[t * row + j];
+    for (int64_t k = 0; k < s.n; ++k) {
+      const R bk = bm[t * row_n + k], ck = cm[t * row_n + k];
+      const R* ak = at + k * s.e;
+      R* c = carry + k * kBlock;
+      R* dak = da + k * s.e;
+      R dbk = 0, dck = 0;
+      SEQJAX_BLOCK {
+        const R dh = g[j] * ck + c[j];
+        const R a = Exp(d[j] * ak[j]);
+        const R d_log_a = dh * h_prev[k * kBlock + j] * a;  // d loss / d (delta A)
+        dck += g[j] * h[k * kBlock + j];
+        dbk += dh * u[j];
+        du[j] += dh * bk;
+        dd[j] += d_log_a * ak[j];
+        dak[j] += d_log_a * d[j];
+        c[j] = dh * a;
+      }
+      db[t * row_n + k] += dbk;
+      dc[t * row_n + k] += dck;
+    }
+    SEQJAX_BLOCK d_delta[t * row + j] = dd[j] + du[j] * xv[j];
+    SEQJAX_BLOCK dx[t * row + j] = du[j] * d[j];
+  }
+}
+
+#undef SEQJAX_BLOCK
+
+// A block's [N, kBlock] state from / to the [E, N] layout of h0, h_n, dh0.
+template <typename R>
+void LoadBlock(const R* src, int64_t n, int64_t w, R* block) {
+  for (int64_t j = 0; j < w; ++j)
+    for (int64_t k = 0; k < n; ++k) block[k * kBlock + j] = src[j * n + k];
+}
+
+template <typename R>
+void StoreBlock(const R* block, int64_t n, int64_t w, R* dst) {
+  for (int64_t j = 0; j < w; ++j)
+    for (int64_t k = 0; k < n; ++k) dst[j * n + k] = block[k * kBlock + j];
+}
+
+// Threads over examples (each thread takes whole examples).
+int SelectiveThreads(const SelectiveShape& s) { return NumThreads(s.t * s.b * s.e * s.n, s.b); }
+
+template <typename R>
+void SelectiveForward(const SelectiveShape& s, const R* delta, const R* x, const R* a, const R* bm, const R* cm,
+                      const R* h0, const int32_t* lengths, R* y, R* h_n) {
+  const std::vector<R> at = Transposed(a, s.e, s.n);
+  ForRanges(s.b, SelectiveThreads(s), 1, [&](int, int64_t r0, int64_t r1) {
+    std::vector<R> block(s.n * kBlock);
+    R* state = block.data();
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t len = std::clamp<int64_t>(lengths[r], 0, s.t);
+      for (int64_t t = len; t < s.t; ++t) std::fill_n(y + (t * s.b + r) * s.e, s.e, R(0));
+      for (int64_t u = 0; u < s.e; u += kBlock) {
+        const int64_t w = std::min<int64_t>(kBlock, s.e - u);
+        const int64_t at_row = r * s.e + u;
+        LoadBlock(h0 + at_row * s.n, s.n, w, state);
+        auto run = [&](auto width) {
+          SelectiveForwardBlock<R, decltype(width)::value>(s, w, delta + at_row, x + at_row, at.data() + u,
+                                                           bm + r * s.n, cm + r * s.n, len, state, y + at_row,
+                                                           nullptr);
+        };
+        w == kBlock ? run(std::integral_constant<int, kBlock>{}) : run(std::integral_constant<int, 0>{});
+        StoreBlock(state, s.n, w, h_n + at_row * s.n);
+      }
+    }
+  });
+}
+
+template <typename R>
+void SelectiveBackward(const SelectiveShape& s, const R* delta, const R* x, const R* a, const R* bm, const R* cm,
+                       const R* h0, const int32_t* lengths, const R* gy, const R* g_hn, R* d_delta, R* dx, R* da,
+                       R* db, R* dc, R* dh0) {
+  const std::vector<R> at = Transposed(a, s.e, s.n);
+  const int threads = SelectiveThreads(s);
+  std::vector<std::vector<R>> da_parts(threads, std::vector<R>(s.n * s.e, R(0)));  // [N, E] per thread
+  ForRanges(s.b, threads, 1, [&](int i, int64_t r0, int64_t r1) {
+    std::vector<R> first(s.n * kBlock), carry(s.n * kBlock);
+    std::vector<R> hist(s.t * s.n * kBlock);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t len = std::clamp<int64_t>(lengths[r], 0, s.t);
+      for (int64_t t = 0; t < s.t; ++t) {
+        std::fill_n(db + (t * s.b + r) * s.n, s.n, R(0));
+        std::fill_n(dc + (t * s.b + r) * s.n, s.n, R(0));
+      }
+      for (int64_t t = len; t < s.t; ++t) {
+        std::fill_n(d_delta + (t * s.b + r) * s.e, s.e, R(0));
+        std::fill_n(dx + (t * s.b + r) * s.e, s.e, R(0));
+      }
+      for (int64_t u = 0; u < s.e; u += kBlock) {
+        const int64_t w = std::min<int64_t>(kBlock, s.e - u);
+        const int64_t at_row = r * s.e + u;
+        auto run = [&](auto width) {
+          constexpr int W = decltype(width)::value;
+          LoadBlock(h0 + at_row * s.n, s.n, w, first.data());
+          std::copy(first.begin(), first.end(), carry.begin());  // the forward pass's running state
+          SelectiveForwardBlock<R, W>(s, w, delta + at_row, x + at_row, at.data() + u, bm + r * s.n, cm + r * s.n,
+                                      len, carry.data(), nullptr, hist.data());
+          LoadBlock(g_hn + at_row * s.n, s.n, w, carry.data());
+          SelectiveBackwardBlock<R, W>(s, w, delta + at_row, x + at_row, at.data() + u, bm + r * s.n, cm + r * s.n,
+                                       gy + at_row, len, first.data(), hist.data(), carry.data(), d_delta + at_row, dx + at_row,
+                                       db + r * s.n, dc + r * s.n, da_parts[i].data() + u);
+        };
+        w == kBlock ? run(std::integral_constant<int, kBlock>{}) : run(std::integral_constant<int, 0>{});
+        StoreBlock(carry.data(), s.n, w, dh0 + at_row * s.n);
+      }
+    }
+  });
+  for (int64_t e = 0; e < s.e; ++e)
+    for (int64_t k = 0; k < s.n; ++k) {
+      R sum = 0;
+      for (const auto& part : da_parts) sum += part[k * s.e + e];
+      da[e * s.n + k] = sum;
+    }
 }
 
 #ifndef SEQJAX_NO_FFI
@@ -438,6 +625,69 @@ ffi::Error GatedBackwardFfi(ffi::AnyBuffer k, ffi::AnyBuffer bias, ffi::AnyBuffe
         static_cast<R*>(dh0->untyped_data()));
   });
 }
+
+ffi::Error SelectiveCheck(const SelectiveShape& s, const ffi::AnyBuffer& x, const ffi::AnyBuffer& a,
+                          const ffi::AnyBuffer& bm, const ffi::AnyBuffer& cm, const ffi::AnyBuffer& h0,
+                          const ffi::Buffer<ffi::S32>& lengths) {
+  const auto dtype = x.element_type();
+  if (dtype != ffi::F32 && dtype != ffi::F64) return ffi::Error::InvalidArgument("selective scan: f32 or f64 only");
+  for (const ffi::AnyBuffer* other : {&x, &a, &bm, &cm, &h0})
+    if (other->element_type() != dtype) return ffi::Error::InvalidArgument("selective scan: one dtype for all");
+  if (x.element_count() != size_t(s.t * s.b * s.e) || a.element_count() != size_t(s.e * s.n) ||
+      cm.element_count() != size_t(s.t * s.b * s.n) || h0.element_count() != size_t(s.b * s.e * s.n) ||
+      lengths.element_count() != size_t(s.b))
+    return ffi::Error::InvalidArgument(
+        "selective scan: delta, x must be [t, b, E], A [E, N], B, C [t, b, N], h0 [b, E, N], lengths [b]");
+  return ffi::Error::Success();
+}
+
+SelectiveShape SelectiveShapeOf(const ffi::AnyBuffer& delta, const ffi::AnyBuffer& bm) {
+  const auto d = delta.dimensions(), n = bm.dimensions();
+  if (d.size() != 3 || n.size() != 3) return {0, 0, 0, 0};
+  return {d[0], d[1], d[2], n[2]};
+}
+
+template <typename R>
+const R* In(const ffi::AnyBuffer& x) {
+  return static_cast<const R*>(x.untyped_data());
+}
+
+template <typename R>
+R* Out(ffi::Result<ffi::AnyBuffer>& x) {
+  return static_cast<R*>(x->untyped_data());
+}
+
+ffi::Error SelectiveForwardFfi(ffi::AnyBuffer delta, ffi::AnyBuffer x, ffi::AnyBuffer a, ffi::AnyBuffer bm,
+                               ffi::AnyBuffer cm, ffi::AnyBuffer h0, ffi::Buffer<ffi::S32> lengths,
+                               ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> h_n) {
+  const SelectiveShape s = SelectiveShapeOf(delta, bm);
+  if (ffi::Error error = SelectiveCheck(s, x, a, bm, cm, h0, lengths); error.failure()) return error;
+  auto run = [&](auto real) {
+    using R = decltype(real);
+    SelectiveForward<R>(s, In<R>(delta), In<R>(x), In<R>(a), In<R>(bm), In<R>(cm), In<R>(h0), lengths.typed_data(),
+                        Out<R>(y), Out<R>(h_n));
+  };
+  x.element_type() == ffi::F32 ? run(float{}) : run(double{});
+  return ffi::Error::Success();
+}
+
+ffi::Error SelectiveBackwardFfi(ffi::AnyBuffer delta, ffi::AnyBuffer x, ffi::AnyBuffer a, ffi::AnyBuffer bm,
+                                ffi::AnyBuffer cm, ffi::AnyBuffer h0, ffi::Buffer<ffi::S32> lengths,
+                                ffi::AnyBuffer gy, ffi::AnyBuffer g_hn, ffi::Result<ffi::AnyBuffer> d_delta,
+                                ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> da,
+                                ffi::Result<ffi::AnyBuffer> db, ffi::Result<ffi::AnyBuffer> dc,
+                                ffi::Result<ffi::AnyBuffer> dh0) {
+  const SelectiveShape s = SelectiveShapeOf(delta, bm);
+  if (ffi::Error error = SelectiveCheck(s, x, a, bm, cm, h0, lengths); error.failure()) return error;
+  auto run = [&](auto real) {
+    using R = decltype(real);
+    SelectiveBackward<R>(s, In<R>(delta), In<R>(x), In<R>(a), In<R>(bm), In<R>(cm), In<R>(h0),
+                         lengths.typed_data(), In<R>(gy), In<R>(g_hn), Out<R>(d_delta), Out<R>(dx), Out<R>(da),
+                         Out<R>(db), Out<R>(dc), Out<R>(dh0));
+  };
+  x.element_type() == ffi::F32 ? run(float{}) : run(double{});
+  return ffi::Error::Success();
+}
 #endif
 
 }  // namespace
@@ -487,4 +737,32 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxGatedBackward, GatedBackwardFfi,
                                   .Ret<ffi::AnyBuffer>()  // dh0
                                   .Attr<int64_t>("form")
                                   .Attr<bool>("reverse"));
+
+// The selective scan's inputs, shared by its forward and backward handlers.
+static auto SelectiveBinding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::AnyBuffer>()          // delta
+      .Arg<ffi::AnyBuffer>()          // x
+      .Arg<ffi::AnyBuffer>()          // A
+      .Arg<ffi::AnyBuffer>()          // B
+      .Arg<ffi::AnyBuffer>()          // C
+      .Arg<ffi::AnyBuffer>()          // h0
+      .Arg<ffi::Buffer<ffi::S32>>();  // lengths
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxSelectiveForward, SelectiveForwardFfi,
+                              SelectiveBinding()
+                                  .Ret<ffi::AnyBuffer>()  // y
+                                  .Ret<ffi::AnyBuffer>());  // h_n
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxSelectiveBackward, SelectiveBackwardFfi,
+                              SelectiveBinding()
+                                  .Arg<ffi::AnyBuffer>()  // gy
+                                  .Arg<ffi::AnyBuffer>()  // g_hn
+                                  .Ret<ffi::AnyBuffer>()  // d_delta
+                                  .Ret<ffi::AnyBuffer>()  // dx
+                                  .Ret<ffi::AnyBuffer>()  // dA
+                                  .Ret<ffi::AnyBuffer>()  // dB
+                                  .Ret<ffi::AnyBuffer>()  // dC
+                                  .Ret<ffi::AnyBuffer>());  // dh0
 #endif
