@@ -46,14 +46,15 @@ FULL = dict(
     steps=20000,
 )
 
-# A CPU-sized subset (582 s alone on 2 cores; the README's first Zoology table),
+# A CPU-sized subset (552 s alone on 2 cores; the README's first Zoology table),
 # chosen by measurement. Over a 64-token vocabulary the GRU and RG-LRU recalled about
 # one pair at widths 32 and 64 within 1500 steps (0.29-0.52): no width effect showed.
 # Over 16 tokens (t=32, 2 pairs, width 64) Mamba at rate 3e-3 had one seed of three at
 # 0.88 after 1500 steps and two recalling one pair; at 1e-2 all three bound both pairs
-# by step 1050, and one of three at width 16. The Transformer solves every cell at 3e-3 by step 900. Attention
-# then recalls at every width while Mamba gains with width and loses with length, the
-# paper's picture; the GRU, which stays at one pair at every width, is in the README.
+# by step 1050 to 1350. The Transformer solves every cell at 3e-3 by step 900.
+# Attention then recalls at every width while Mamba gains with width and loses with
+# length, the paper's picture; the GRU, which stays at one pair at every width, is in
+# the README.
 EXPERIMENT = common.Experiment(
     name="zoology",
     task=tasks.AssociativeRecall(vocab_size=16),

@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -368,13 +369,14 @@ void SelectiveForwardBlock(const SelectiveShape& s, int64_t w, const R* __restri
 // The block's gradients, time backwards from len - 1: carry holds d loss / d h_t
 // coming from later steps ([N, kBlock]; d h_n on entry, d h0 on exit); h0 is the
 // block's first state and hist its states. d_delta, dx are the block's; dB, dC the
-// example's rows (summed over channels); da its [N, E] gradient of A, summed too.
+// example's, kept per lane ([len, N, kBlock], summed over blocks and reduced over
+// lanes once per example: no horizontal sum in the loop); da the [N, E] gradient of A.
 template <typename R, int W>
 void SelectiveBackwardBlock(const SelectiveShape& s, int64_t w, const R* __restrict delta, const R* __restrict x,
                             const R* __restrict at, const R* __restrict bm, const R* __restrict cm,
                             const R* __restrict gy, int64_t len, const R* __restrict h0, const R* __restrict hist,
-                            R* __restrict carry, R* __restrict d_delta, R* __restrict dx, R* __restrict db,
-                            R* __restrict dc, R* __restrict da) {
+                            R* __restrict carry, R* __restrict d_delta, R* __restrict dx, R* __restrict db_lanes,
+                            R* __restrict dc_lanes, R* __restrict da) {
   const int64_t row = s.b * s.e, row_n = s.b * s.n;
   for (int64_t t = len - 1; t >= 0; --t) {
     const R* h = hist + t * s.n * kBlock;
@@ -389,20 +391,19 @@ void SelectiveBackwardBlock(const SelectiveShape& s, int64_t w, const R* __restr
       const R* ak = at + k * s.e;
       R* c = carry + k * kBlock;
       R* dak = da + k * s.e;
-      R dbk = 0, dck = 0;
+      R* dbk = db_lanes + (t * s.n + k) * kBlock;
+      R* dck = dc_lanes + (t * s.n + k) * kBlock;
       SEQJAX_BLOCK {
         const R dh = g[j] * ck + c[j];
         const R a = Exp(d[j] * ak[j]);
         const R d_log_a = dh * h_prev[k * kBlock + j] * a;  // d loss / d (delta A)
-        dck += g[j] * h[k * kBlock + j];
-        dbk += dh * u[j];
+        dck[j] += g[j] * h[k * kBlock + j];
+        dbk[j] += dh * u[j];
         du[j] += dh * bk;
         dd[j] += d_log_a * ak[j];
         dak[j] += d_log_a * d[j];
         c[j] = dh * a;
       }
-      db[t * row_n + k] += dbk;
-      dc[t * row_n + k] += dck;
     }
     SEQJAX_BLOCK d_delta[t * row + j] = dd[j] + du[j] * xv[j];
     SEQJAX_BLOCK dx[t * row + j] = du[j] * d[j];
@@ -462,13 +463,11 @@ void SelectiveBackward(const SelectiveShape& s, const R* delta, const R* x, cons
   std::vector<std::vector<R>> da_parts(threads, std::vector<R>(s.n * s.e, R(0)));  // [N, E] per thread
   ForRanges(s.b, threads, 1, [&](int i, int64_t r0, int64_t r1) {
     std::vector<R> first(s.n * kBlock), carry(s.n * kBlock);
-    std::vector<R> hist(s.t * s.n * kBlock);
+    std::vector<R> hist(s.t * s.n * kBlock), db_lanes(s.t * s.n * kBlock), dc_lanes(s.t * s.n * kBlock);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t len = std::clamp<int64_t>(lengths[r], 0, s.t);
-      for (int64_t t = 0; t < s.t; ++t) {
-        std::fill_n(db + (t * s.b + r) * s.n, s.n, R(0));
-        std::fill_n(dc + (t * s.b + r) * s.n, s.n, R(0));
-      }
+      std::fill_n(db_lanes.begin(), len * s.n * kBlock, R(0));
+      std::fill_n(dc_lanes.begin(), len * s.n * kBlock, R(0));
       for (int64_t t = len; t < s.t; ++t) {
         std::fill_n(d_delta + (t * s.b + r) * s.e, s.e, R(0));
         std::fill_n(dx + (t * s.b + r) * s.e, s.e, R(0));
@@ -485,11 +484,18 @@ void SelectiveBackward(const SelectiveShape& s, const R* delta, const R* x, cons
           LoadBlock(g_hn + at_row * s.n, s.n, w, carry.data());
           SelectiveBackwardBlock<R, W>(s, w, delta + at_row, x + at_row, at.data() + u, bm + r * s.n, cm + r * s.n,
                                        gy + at_row, len, first.data(), hist.data(), carry.data(), d_delta + at_row, dx + at_row,
-                                       db + r * s.n, dc + r * s.n, da_parts[i].data() + u);
+                                       db_lanes.data(), dc_lanes.data(), da_parts[i].data() + u);
         };
         w == kBlock ? run(std::integral_constant<int, kBlock>{}) : run(std::integral_constant<int, 0>{});
         StoreBlock(carry.data(), s.n, w, dh0 + at_row * s.n);
       }
+      for (int64_t t = 0; t < s.t; ++t)
+        for (int64_t k = 0; k < s.n; ++k) {
+          const R* db_k = db_lanes.data() + (t * s.n + k) * kBlock;
+          const R* dc_k = dc_lanes.data() + (t * s.n + k) * kBlock;
+          db[(t * s.b + r) * s.n + k] = t < len ? std::accumulate(db_k, db_k + kBlock, R(0)) : R(0);
+          dc[(t * s.b + r) * s.n + k] = t < len ? std::accumulate(dc_k, dc_k + kBlock, R(0)) : R(0);
+        }
     }
   });
   for (int64_t e = 0; e < s.e; ++e)
