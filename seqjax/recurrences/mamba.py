@@ -41,6 +41,11 @@ from seqjax.recurrences.protocol import matmul
 Array = jax.Array
 
 
+def _state_matrix(params: dict[str, Array]) -> Array:
+    """A = -exp(A_log): `[E, N]`, the diagonal of the state matrix (negative: a decay)."""
+    return -jnp.exp(params["A_log"])
+
+
 class MambaState(NamedTuple):
     conv: Array  # [..., K-1, E]: the last K-1 inputs of the causal convolution
     ssm: Array  # [..., E, N]
@@ -144,7 +149,7 @@ class MambaCell:
         self, params: dict[str, Array], delta: Array, x: Array, b: Array
     ) -> tuple[Array, Array]:
         """The recurrence's `(exp(Delta A), Delta x B)`: `[..., E, N]` each."""
-        a = jnp.exp(delta[..., None] * -jnp.exp(params["A_log"]))
+        a = jnp.exp(delta[..., None] * _state_matrix(params))
         return a, (delta * x)[..., None] * b[..., None, :]
 
     def _output(self, params: dict[str, Array], hc: Array, x: Array, z: Array) -> Array:
@@ -193,7 +198,7 @@ class MambaCell:
         method = self.method if method is None else method
         dtype = jnp.promote_types(x.dtype, carry.ssm.dtype)
         if linear.resolve(method, dtype) is linear.Method.FUSED:
-            a = -jnp.exp(params["A_log"])
+            a = _state_matrix(params)
             hc, h_n = linear.selective_scan(delta.astype(dtype), x, a, b, c, carry.ssm, lengths=lengths)
         else:
             a, b = self._coefficients(params, delta, x, b)
