@@ -19,9 +19,10 @@ width --input_size):
 against sequence length (--lengths, at batch --sweep_batch) and batch (--batches,
 at length --sweep_length). The parallel families run once per --methods
 (`seqjax.recurrences.linear.Method`; "auto" is what a user gets); the other
-families on their fastest path. Configurations whose largest array would exceed
---max_elements are skipped and listed as such (the Transformer's attention scores
-`[b, heads, t, t]`, Mamba's `[t, b, E, N]` coefficients).
+families on their fastest path. A method whose compiled train step plans more
+memory than --max_memory_mb is not run and is listed as skipped, with the memory it
+would need (e.g. Mamba's `[t, b, E, N]` coefficients, which its fused CPU loop never
+forms; attention scores `[b, heads, t, t]` where the backend has no tiled attention).
 
 First, the headline: seqjax's GRU layer against the minGRU layer at the same sizes
 (`--headline`, default t=4096, b=8, d=h=256), train step, every method, timed in
@@ -41,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -72,7 +74,12 @@ flags.DEFINE_integer("hidden_size", 128, "Width of --reference; the others are m
 flags.DEFINE_integer("input_size", 128, "Input features d.")
 flags.DEFINE_string("reference", "gru", "The family whose parameter count at --hidden_size is the budget.")
 flags.DEFINE_integer("repeats", 5, "Timed calls per measurement after one warm-up (the median is reported).")
-flags.DEFINE_float("max_elements", 2.0**28, "Skip a configuration whose largest array has more elements.")
+flags.DEFINE_float(
+    "max_memory_mb",
+    None,
+    "Skip a method whose compiled train step plans more memory (MB); default: half the device's "
+    "memory (the host's RAM on CPU).",
+)
 flags.DEFINE_string(
     "headline", "4096x8x256", "time x batch x width of the GRU/minGRU comparison ('' to skip)."
 )
@@ -123,16 +130,13 @@ def matched_width(family: str, budget: int) -> int:
     return min((8 * lo, 8 * hi), key=lambda h: abs(_params(_model(family, h, None)) - budget))
 
 
-def largest_array(family: str, model: SequenceModel, length: int, batch: int) -> int:
-    """Elements of the largest activation the model materialises (an estimate)."""
-    base = length * batch * max(model.hidden_size, FLAGS.input_size) * 4
-    backbone = model.backbone
-    cell = getattr(backbone, "cell", None)
-    if hasattr(cell, "channels"):  # Mamba's [t, b, E, N] coefficients
-        return length * batch * cell.channels * cell.state_size
-    if cell is None:  # a backbone: attention scores [b, heads, t, t]
-        return max(base, batch * getattr(backbone, "num_heads", 1) * length * length)
-    return base
+def memory_budget_mb() -> float:
+    """--max_memory_mb, else half the default device's memory (the host's RAM on CPU)."""
+    if FLAGS.max_memory_mb is not None:
+        return FLAGS.max_memory_mb
+    stats = jax.devices()[0].memory_stats() or {}
+    total = stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total / 2**21
 
 
 def _functions(model: SequenceModel):
@@ -170,20 +174,24 @@ def measure(family: str, methods: list[str | None], hidden: int, length: int, ba
     models = {method: _model(family, hidden, method) for method in methods}
     first = next(iter(models.values()))
     n = _params(first)
-    if largest_array(family, first, length, batch) > FLAGS.max_elements:
-        note = f"skipped: an array over --max_elements={FLAGS.max_elements:.3g}"
-        return [
-            Row(family, method or "-", m, length, batch, hidden, n, None, None, None, note)
-            for method in methods
-            for m in MODES
-        ]
-    params = first.init(jax.random.key(0))  # the methods share parameters
-    xs = jax.random.normal(jax.random.key(1), (batch, length, FLAGS.input_size))
+    params = jax.eval_shape(lambda: first.init(jax.random.key(0)))  # the methods share parameters
+    xs = jax.ShapeDtypeStruct((batch, length, FLAGS.input_size), jnp.float32)
     fns = {method: _functions(model) for method, model in models.items()}
     memory = {method: _memory_mb(fns[method][0], params, xs) for method in methods}
-    rows = []
-    for k, mode in enumerate(MODES):
-        timed = _time_alternating({method: (fn[k], (params, xs)) for method, fn in fns.items()})
+    budget = memory_budget_mb()
+    rows = [
+        Row(family, method or "-", mode, length, batch, hidden, n, None, None, memory[method], note)
+        for method in methods
+        if memory[method] is not None and memory[method] > budget
+        for note in [f"skipped: plans {memory[method]:.0f} MB, over --max_memory_mb={budget:.0f}"]
+        for mode in MODES
+    ]
+    fns = {method: fn for method, fn in fns.items() if not (memory[method] or 0) > budget}
+    if fns:
+        params = first.init(jax.random.key(0))
+        data = jax.random.normal(jax.random.key(1), xs.shape)
+    for k, mode in enumerate(MODES if fns else ()):
+        timed = _time_alternating({method: (fn[k], (params, data)) for method, fn in fns.items()})
         for method, (ms, ms_min) in timed.items():
             rows.append(
                 Row(family, method or "-", mode, length, batch, hidden, n, ms, ms_min, memory[method])
@@ -323,9 +331,10 @@ def findings(rows: list[Row], head: list[dict[str, Any]]) -> list[str]:
                     f"{family}: train time grows as t^{slope:.2f} from t={lo} to t={hi} "
                     f"(b={FLAGS.sweep_batch})."
                 )
-    skipped = sorted({(r.model, r.length, r.batch) for r in rows if r.ms is None})
+    skipped = dict.fromkeys((r.model, r.method, r.length, r.batch) for r in rows if r.ms is None)
     if skipped:
-        out.append("Skipped (memory): " + ", ".join(f"{m} t={t} b={b}" for m, t, b in skipped) + ".")
+        names = (f"{m}{'' if method == '-' else ' ' + method} t={t} b={b}" for m, method, t, b in skipped)
+        out.append("Skipped (memory): " + ", ".join(names) + ".")
     return out
 
 

@@ -325,15 +325,22 @@ def torch_system(job: Job, threads: int):
 
 def seqjax_transformer_system(job: Job):
     """seqjax's Transformer: input projection, pre-LN causal blocks, final LayerNorm."""
-    from seqjax.models.transformer import SMALL_SCORES, Transformer
+    from seqjax.models import transformer
 
-    model = Transformer(
+    model = transformer.Transformer(
         job.hidden_size, job.num_heads, job.num_layers, input_size=job.input_size, mlp_dim=job.mlp_dim,
         positional="none",
     )  # fmt: skip
+    # Which path `transformer.attention` takes for these inputs.
+    head = job.hidden_size // job.num_heads
+    q = jax.ShapeDtypeStruct((job.batch, job.time, job.num_heads, head), job.dtype)
     scores = job.batch * job.num_heads * job.time**2
-    tiled = jax.default_backend() == "cpu" and scores > SMALL_SCORES
-    path = "tiled" if tiled else "dot_product_attention"
+    if transformer.kernel_unavailable_reason(q, q, q) is None:
+        path = "flash_cpu"
+    elif jax.default_backend() == "cpu" and scores > transformer.SMALL_SCORES:
+        path = "tiled"
+    else:
+        path = "dot_product_attention"
     return _jax_steps(lambda p, xs: model.apply(p, xs)[0], model.init(jax.random.key(0)), job, path)
 
 

@@ -187,6 +187,45 @@ def test_tiled_attention_matches_plain_softmax(causal, tile_scores, key, monkeyp
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+KERNEL_REASON = transformer.kernel_unavailable_reason(*(jax.ShapeDtypeStruct((1,), "float32"),) * 3)
+
+
+@pytest.mark.skipif(KERNEL_REASON is not None, reason=f"no C++ attention here: {KERNEL_REASON}")
+def test_attention_kernel_matches_plain_softmax(key, monkeypatch):
+    """The C++ flash attention (forward and its backward) against plain softmax attention
+    in float64 to 1e-12, values and gradients, on 3 threads (pairs split unevenly): causal
+    t=70 (32-row steps and 64-key steps with ragged ends, head size 6: no whole vector)
+    and non-causal s != t (head size 34: vectors and a tail), key lengths 0, 1 and
+    below s. The length-0 sequence sees no key: the mean of all values, as a softmax
+    over scores that are all masked (the reference) gives. float32 against the same
+    reference; vmap against a loop."""
+    monkeypatch.setenv("SEQJAX_CPU_THREADS", "3")
+    cases = [(True, (4, 70, 70, 2, 6), [70, 0, 5, 1]), (False, (3, 40, 75, 2, 34), [75, 0, 30])]
+    for causal, (b, t, s, n, d), lengths in cases:
+        keys = jax.random.split(jax.random.fold_in(key, t), 4)
+        with jax.enable_x64(True):
+            q = jax.random.normal(keys[0], (b, t, n, d), jnp.float64)
+            k, v = (jax.random.normal(kk, (b, s, n, d), jnp.float64) for kk in keys[1:3])
+            cos = jnp.cos(jax.random.normal(keys[3], (b, t, n, d), jnp.float64))
+            lengths = jnp.array(lengths)
+
+            def run(fn, *qkv):
+                out, pull = jax.vjp(lambda *a: fn(*a, is_causal=causal, key_value_seq_lengths=lengths), *qkv)
+                return (out, *pull(cos.astype(out.dtype)))
+
+            want = run(softmax_attention, q, k, v)
+            got = jax.jit(functools.partial(run, attention))(q, k, v)
+            low = jax.jit(functools.partial(run, attention))(*(x.astype(jnp.float32) for x in (q, k, v)))
+        for name, g, lo, w in zip(("out", "dq", "dk", "dv"), got, low, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=name)
+            assert lo.dtype == jnp.float32
+            np.testing.assert_allclose(lo, w, rtol=2e-5, atol=2e-5, err_msg=name)
+    qs = jax.random.normal(key, (3, 2, 40, 2, 8))
+    batched = jax.vmap(functools.partial(attention, is_causal=True))(qs, qs, qs)
+    looped = jnp.stack([attention(x, x, x, is_causal=True) for x in qs])
+    np.testing.assert_array_equal(batched, looped)
+
+
 def test_tiled_attention_in_bfloat16(key):
     """bfloat16 inputs: the tiles' scores, softmax and gradient sums run in float32
     (the hand-written backward casts by itself), so against a float32 reference they

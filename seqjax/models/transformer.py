@@ -22,8 +22,8 @@ size), f = `mlp_dim`, s = `max_len` (cache or learned-position length).
         x = x + dropout(mlp(layer_norm(x)))               # gelu MLP
     y = layer_norm(x)                                     # [b, t, m]
 
-Attention goes through `attention`: blocks of queries on CPU, and
-`jax.nn.dot_product_attention` (fused kernels where the platform has them)
+Attention goes through `attention`: flash attention in one C++ call per pass on
+CPU, and `jax.nn.dot_product_attention` (fused kernels where the platform has them)
 elsewhere; padding comes from per-example lengths.
 Attention weights are stored as Flax's `MultiHeadDotProductAttention` stores
 them: `wq, wk, wv: [m, n, k]`, `bq, bk, bv: [n, k]`, `wo: [n, k, m]`, `bo: [m]`.
@@ -35,6 +35,7 @@ import dataclasses
 import enum
 import functools
 import math
+import pathlib
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
@@ -43,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import registry, validation
+from seqjax.recurrences import cpu_kernel
 from seqjax.recurrences.scan import check_lengths
 from seqjax.validation import as_enum, check_positive_int
 
@@ -149,24 +151,31 @@ def attention(
     block_size: int | None = None,
 ) -> Array:
     """Softmax attention over whole sequences: `jax.nn.dot_product_attention`'s
-    arguments and results, computed in cache-sized tiles on CPU.
+    arguments and results, fused on CPU.
 
     On CPU, XLA writes `jax.nn.dot_product_attention`'s `[b, n, t, s]` scores to
     memory (64 MB a layer at b=64, n=4, t=256), and with a head size of 32 that
-    traffic, not arithmetic, sets the time. Here a `lax.map` takes a few (batch,
-    head) pairs at a time, each block of their queries attends to the keys it can
-    see (a causal block skips every later key: half the work), and a block's scores
-    stay in cache (at most `TILE_SCORES` of them). The backward pass is
-    flash attention's (Dao et al. 2022): the forward keeps each query's log-sum-exp,
-    and the backward recomputes each block's probabilities from it and forms the
-    gradients block by block, every product a plain matmul (XLA:CPU hands a
-    transposed left operand to a slower kernel). Measured at b=64, n=4, k=32,
-    causal, one layer forward and backward, against `jax.nn.dot_product_attention`
-    and PyTorch's `scaled_dot_product_attention` in one process (2 threads): see
-    the README's "The Transformer on CPU". Small problems (at most 2^18 scores,
-    which fit in cache; the tiles' loop then costs more than it saves: 3.5 against
-    2.3 ms at b=64, t=24, n=4) and other backends, which have fused kernels, get
-    `jax.nn.dot_product_attention` unless `block_size` is given.
+    traffic, not arithmetic, sets the time. Flash attention (Dao et al. 2022) keeps
+    them in cache: each block of queries attends to the keys it can see (a causal
+    block skips every later key: half the work) with a running softmax, the forward
+    pass keeps each query's log-sum-exp, and the backward pass recomputes each
+    block's probabilities from it and forms the gradients block by block. It runs:
+
+    - float32 and float64 on CPU: as one C++ call per pass
+      (`seqjax/recurrences/kernels/attention_cpu.cc`), each (batch, head) pair on
+      one thread, reading the `[b, t, n, k]` layout in place (no head transposes);
+      `kernel_unavailable_reason` says where it cannot;
+    - otherwise on CPU (bfloat16, no C++ compiler, or `block_size` given): as XLA
+      ops, a `lax.map` over tiles of a few (batch, head) pairs whose blocks' scores
+      stay in cache (at most `TILE_SCORES`), every backward product a plain matmul
+      (XLA:CPU hands a transposed left operand to a slower kernel); below 2^18
+      scores the tiles' loop costs more than it saves (3.5 against 2.3 ms at b=64,
+      t=24, n=4) and `jax.nn.dot_product_attention` runs instead;
+    - on other backends, which have fused kernels: `jax.nn.dot_product_attention`.
+
+    Measured against `jax.nn.dot_product_attention` and PyTorch's
+    `scaled_dot_product_attention` in one process: see the README's "The
+    Transformer on CPU".
 
     Differentiable in reverse mode (`jax.grad`, `jax.vjp`) only, as fused attention
     kernels are; for forward mode (`jax.jvp`, `jax.jacfwd`) give the model
@@ -176,8 +185,8 @@ def attention(
       q: `[b, t, n, k]`; k, v: `[b, s, n, k]` (`s == t` when causal).
       is_causal: query i sees keys 0..i.
       key_value_seq_lengths: optional `[b]`: keys at or past it are masked.
-      block_size: queries per block; None: t/8, at least 64 (at most 8 blocks,
-        which bounds the compile time).
+      block_size: queries per block of the XLA tiles, which it selects on CPU; None:
+        t/8, at least 64 (at most 8 blocks, which bounds the compile time).
 
     Returns:
       `[b, t, n, k]`. Softmax in at least float32, scaled by 1/sqrt(k); a query with
@@ -185,6 +194,9 @@ def attention(
     """
     b, t, n, d = q.shape
     s = k.shape[1]
+    if block_size is None and min(t, s) > 0 and kernel_unavailable_reason(q, k, v) is None:
+        lengths = jnp.full((b,), s, jnp.int32) if key_value_seq_lengths is None else key_value_seq_lengths
+        return _fused(is_causal, q, k, v, lengths.astype(jnp.int32))
     if block_size is None and (jax.default_backend() != "cpu" or b * n * t * s <= SMALL_SCORES):
         return jax.nn.dot_product_attention(
             q, k, v, is_causal=is_causal, key_value_seq_lengths=key_value_seq_lengths
@@ -201,6 +213,53 @@ def attention(
 
     out = _tiles(is_causal, block, heads(q) / math.sqrt(d), heads(k), heads(v), lengths)
     return jnp.swapaxes(out.reshape(b, n, t, d), 1, 2)
+
+
+_KERNEL_SOURCE = pathlib.Path(cpu_kernel.__file__).parent / "kernels" / "attention_cpu.cc"
+
+
+def kernel_unavailable_reason(q: Array, k: Array, v: Array) -> str | None:
+    """Why `attention` cannot run as one C++ call (kernels/attention_cpu.cc) on these
+    arrays here (None if it can): it runs float32 and float64 on CPU, q, k and v of one
+    dtype, unless `$SEQJAX_CPU_KERNEL` is 0 or no C++ compiler builds it."""
+    if jax.default_backend() != "cpu":
+        return f"it runs on CPU only; the default backend is {jax.default_backend()}"
+    dtypes = {jnp.dtype(x.dtype) for x in (q, k, v)}
+    if len(dtypes) > 1 or not dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)}:
+        return f"it runs float32 or float64 q, k, v of one dtype; got {sorted(d.name for d in dtypes)}"
+    if not cpu_kernel.enabled():
+        return "$SEQJAX_CPU_KERNEL is 0"
+    return cpu_kernel.load(_KERNEL_SOURCE, ("SeqjaxAttentionForward", "SeqjaxAttentionBackward"))
+
+
+def _kernel_call(name: str, is_causal: bool, outputs: tuple, *args: Array) -> tuple[Array, ...]:
+    # broadcast_all: under vmap every argument gains the leading axis, which the kernel
+    # takes as more batch.
+    call = jax.ffi.ffi_call(name, outputs, vmap_method="broadcast_all")
+    return call(*args, causal=is_causal, scale=np.float64(1 / math.sqrt(args[0].shape[-1])))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(is_causal: bool, q: Array, k: Array, v: Array, lengths: Array) -> Array:
+    """q `[b, t, n, k]`, k, v `[b, s, n, k]`, lengths `[b]` int32 -> `[b, t, n, k]`,
+    each (batch, head) pair's forward and backward pass in one C++ loop."""
+    return _fused_forward(is_causal, q, k, v, lengths)[0]
+
+
+def _fused_forward(is_causal, q, k, v, lengths):
+    b, t, n, _ = q.shape
+    shapes = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), q.dtype))
+    out, lse = _kernel_call("SeqjaxAttentionForward", is_causal, shapes, q, k, v, lengths)
+    return out, (q, k, v, lengths, out, lse)
+
+
+def _fused_backward(is_causal, residuals, d_out):
+    shapes = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in residuals[:3])
+    dq, dk, dv = _kernel_call("SeqjaxAttentionBackward", is_causal, shapes, *residuals, d_out)
+    return dq, dk, dv, None
+
+
+_fused.defvjp(_fused_forward, _fused_backward)
 
 
 class _Span(NamedTuple):
