@@ -209,7 +209,7 @@ def test_attention_kernel_matches_plain_softmax(key, monkeypatch):
             cos = jnp.cos(jax.random.normal(keys[3], (b, t, n, d), jnp.float64))
             lengths = jnp.array(lengths)
 
-            def run(fn, *qkv):
+            def run(fn, *qkv, causal=causal, lengths=lengths, cos=cos):
                 out, pull = jax.vjp(lambda *a: fn(*a, is_causal=causal, key_value_seq_lengths=lengths), *qkv)
                 return (out, *pull(cos.astype(out.dtype)))
 
