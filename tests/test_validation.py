@@ -22,6 +22,7 @@ from experiments import common
 from seqjax import registry
 from seqjax.data import chomsky, tasks
 from seqjax.models import Recurrent, SequenceModel, Transformer
+from seqjax.models.transformer import attention
 from seqjax.recurrences import cells
 from seqjax.training import TrainConfig, train
 
@@ -320,6 +321,7 @@ def test_transformer(transformer):
     model, params = transformer
     tokens = jnp.zeros((B, T), jnp.int32)
     full = model.initial_state(B)._replace(position=jnp.full((B,), 6, jnp.int32))
+    qkv = jnp.zeros((B, T, 2, 4))
     cases = [
         (
             "heads do not divide",
@@ -428,6 +430,24 @@ def test_transformer(transformer):
             lambda: Transformer(8, 2, 1, vocab_size=7, causal=False).initial_state(B),
             ValueError,
             "needs causal=True",
+        ),
+        (
+            "attention: keys of another head size",
+            lambda: attention(qkv, qkv[..., :2], qkv[..., :2]),
+            ValueError,
+            r"q \[b, t, n, k\] and k, v \[b, s, n, k\]; got q \(3, 5, 2, 4\), k \(3, 5, 2, 2\)",
+        ),
+        (
+            "attention: values unlike keys",
+            lambda: attention(qkv, qkv, qkv[:, :4]),
+            ValueError,
+            r"v \(3, 4, 2, 4\)",
+        ),
+        (
+            "attention: lengths of another batch",
+            lambda: attention(qkv, qkv, qkv, key_value_seq_lengths=jnp.array([1, 2])),
+            ValueError,
+            r"key_value_seq_lengths must be \[b\]=\[3\]; got shape \(2,\)",
         ),
     ]
     probe(cases)

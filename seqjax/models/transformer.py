@@ -192,8 +192,17 @@ def attention(
       `[b, t, n, k]`. Softmax in at least float32, scaled by 1/sqrt(k); a query with
       no visible key gets the mean of the values, as `jax.nn.dot_product_attention`.
     """
+    like_q = k.ndim == 4 and (k.shape[0], *k.shape[2:]) == (q.shape[0], *q.shape[2:])
+    if q.ndim != 4 or not like_q or k.shape != v.shape:
+        raise ValueError(
+            f"attention needs q [b, t, n, k] and k, v [b, s, n, k]; got q {q.shape}, k {k.shape}, v {v.shape}"
+        )
     b, t, n, d = q.shape
     s = k.shape[1]
+    if key_value_seq_lengths is not None and jnp.shape(key_value_seq_lengths) != (b,):
+        raise ValueError(
+            f"key_value_seq_lengths must be [b]=[{b}]; got shape {jnp.shape(key_value_seq_lengths)}"
+        )
     if block_size is None and min(t, s) > 0 and kernel_unavailable_reason(q, k, v) is None:
         lengths = jnp.full((b,), s, jnp.int32) if key_value_seq_lengths is None else key_value_seq_lengths
         return _fused(is_causal, q, k, v, lengths.astype(jnp.int32))
