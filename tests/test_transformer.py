@@ -194,13 +194,14 @@ KERNEL_REASON = transformer.kernel_unavailable_reason(*(jax.ShapeDtypeStruct((1,
 def test_attention_kernel_matches_plain_softmax(key, monkeypatch):
     """The C++ flash attention (forward and its backward) against plain softmax attention
     in float64 to 1e-12, values and gradients, on 3 threads (pairs split unevenly): causal
-    t=70 (32-row steps and 64-key steps with ragged ends, head size 6: no whole vector)
-    and non-causal s != t (head size 34: vectors and a tail), key lengths 0, 1 and
-    below s. The length-0 sequence sees no key: the mean of all values, as a softmax
+    t=70 (32-row steps and 64-key steps with ragged ends; head size 13: one 64-, one
+    32-byte vector and a scalar column in float64, 32 and 16 bytes and one in float32)
+    and non-causal s != t (head size 34: pairs of 64-byte vectors and the rest), key
+    lengths 0, 1 and below s. The length-0 sequence sees no key: the mean of all values, as a softmax
     over scores that are all masked (the reference) gives. float32 against the same
     reference; vmap against a loop."""
     monkeypatch.setenv("SEQJAX_CPU_THREADS", "3")
-    cases = [(True, (4, 70, 70, 2, 6), [70, 0, 5, 1]), (False, (3, 40, 75, 2, 34), [75, 0, 30])]
+    cases = [(True, (4, 70, 70, 2, 13), [70, 0, 5, 1]), (False, (3, 40, 75, 2, 34), [75, 0, 30])]
     for causal, (b, t, s, n, d), lengths in cases:
         keys = jax.random.split(jax.random.fold_in(key, t), 4)
         with jax.enable_x64(True):

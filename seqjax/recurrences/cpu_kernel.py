@@ -11,7 +11,8 @@ gradients that never leave the cache (see the C++ source).
 The C++ source is compiled on first use with the system's C++ compiler (`$CXX`,
 else `c++`) against the FFI headers that ship with jaxlib, for the host CPU, and
 cached under `$SEQJAX_CACHE_DIR` (default `~/.cache/seqjax`); `load` does the same
-for the other kernels of `kernels/` (`seqjax.recurrences.linear`'s). Without a compiler
+for the other kernels of `kernels/` (`seqjax.recurrences.linear`'s, and the attention
+of `seqjax.models.transformer`). Without a compiler
 `available()` is False and layers fall back to `scan_cell`; `$SEQJAX_CPU_KERNEL=0`
 switches the kernel off (see `enabled`). The loops use all cores, or
 `$SEQJAX_CPU_THREADS`.

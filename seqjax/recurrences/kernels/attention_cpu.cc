@@ -40,16 +40,11 @@ using seqjax::Exp;
 using seqjax::ForRanges;
 using seqjax::NumThreads;
 
-// One 64-byte vector (GCC/Clang vector extensions: AVX-512, two AVX or four NEON registers).
-template <typename R>
-struct Vector;
-template <>
-struct Vector<float> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct Vector<double> {
-  typedef double type __attribute__((vector_size(64)));
+// A vector of kBytes bytes (GCC/Clang vector extensions; a 64-byte one is one AVX-512
+// register, two AVX or four NEON registers).
+template <typename R, int kBytes>
+struct Vector {
+  typedef R type __attribute__((vector_size(kBytes)));
 };
 
 template <typename V, typename R>
@@ -64,65 +59,66 @@ inline void Store(R* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// The vector registers' bytes: a tile of accumulators takes half of them.
+// The vector registers: a tile of accumulators takes at most half of them.
 #if defined(__AVX512F__)
-constexpr int kRegisterBytes = 32 * 64;
-#elif defined(__AVX__) || defined(__aarch64__)
-constexpr int kRegisterBytes = 16 * 32;  // AVX's 16 x 32 bytes; NEON's 32 x 16
+constexpr int kRegisters = 32, kRegisterBytes = 32 * 64;
+#elif defined(__aarch64__)
+constexpr int kRegisters = 32, kRegisterBytes = 32 * 16;
+#elif defined(__AVX__)
+constexpr int kRegisters = 16, kRegisterBytes = 16 * 32;
 #else
-constexpr int kRegisterBytes = 16 * 16;
+constexpr int kRegisters = 16, kRegisterBytes = 16 * 16;
 #endif
 
+// Columns [j, ...) of c[i, j] (+)= sum_p a(i, p) b[p, j] in blocks of kVecs vectors of
+// kBytes bytes, while whole blocks fit in n; returns the first column left. A tile of
+// kRows rows by the block stays in registers over p.
+template <typename R, bool kTransA, int kBytes, int kVecs>
+int64_t GemmColumns(int64_t j, int64_t m, int64_t n, int64_t depth, const R* a, int64_t lda, const R* b,
+                    int64_t ldb, R* c, int64_t ldc, bool accumulate) {
+  using V = typename Vector<R, kBytes>::type;
+  constexpr int64_t kLanes = kBytes / sizeof(R);
+  constexpr int kRows = std::max(1, std::min(kRegisterBytes / 2 / (kVecs * kBytes), kRegisters / 2 / kVecs));
+  auto at = [&](int64_t i, int64_t p) { return kTransA ? a[p * lda + i] : a[i * lda + p]; };
+  auto tile = [&](auto rows, int64_t i) {
+    constexpr int kTile = decltype(rows)::value;
+    V acc[kTile][kVecs];
+    for (int r = 0; r < kTile; ++r)
+      for (int h = 0; h < kVecs; ++h) acc[r][h] = accumulate ? Load<V>(c + (i + r) * ldc + j + h * kLanes) : V{};
+    for (int64_t p = 0; p < depth; ++p) {
+      V bv[kVecs];
+      for (int h = 0; h < kVecs; ++h) bv[h] = Load<V>(b + p * ldb + j + h * kLanes);
+      for (int r = 0; r < kTile; ++r) {
+        const R x = at(i + r, p);
+        for (int h = 0; h < kVecs; ++h) acc[r][h] += x * bv[h];
+      }
+    }
+    for (int r = 0; r < kTile; ++r)
+      for (int h = 0; h < kVecs; ++h) Store(c + (i + r) * ldc + j + h * kLanes, acc[r][h]);
+  };
+  for (; j + kVecs * kLanes <= n; j += kVecs * kLanes) {
+    int64_t i = 0;
+    for (; i + kRows <= m; i += kRows) tile(std::integral_constant<int, kRows>{}, i);
+    for (; i < m; ++i) tile(std::integral_constant<int, 1>{}, i);
+  }
+  return j;
+}
+
 // c[i, j] (+)= sum_p a(i, p) b[p, j] for i < m, j < n, p < depth, with a(i, p) = a[i * lda + p],
-// or a[p * lda + i] if kTransA. A tile of kRows rows by 2 vectors stays in registers over p
-// (8 rows with AVX-512: 154 GF/s on 2 Zen 4 cores, against 109 with 4 rows and 137 with 12).
+// or a[p * lda + i] if kTransA: blocks of two 64-byte vectors (8 rows with AVX-512: 154 GF/s
+// on 2 Zen 4 cores, against 109 with 4 rows and 137 with 12), then narrower vectors for the
+// columns left (a head of 4 or 8 floats), then scalars.
 template <typename R, bool kTransA>
 void Gemm(int64_t m, int64_t n, int64_t depth, const R* a, int64_t lda, const R* b, int64_t ldb, R* c,
           int64_t ldc, bool accumulate) {
-  using V = typename Vector<R>::type;
-  constexpr int64_t kLanes = sizeof(V) / sizeof(R);
-  constexpr int kRows = std::max<int>(1, kRegisterBytes / 2 / (2 * sizeof(V)));
-  auto at = [&](int64_t i, int64_t p) { return kTransA ? a[p * lda + i] : a[i * lda + p]; };
-  int64_t j = 0;
-  for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
-    int64_t i = 0;
-    for (; i + kRows <= m; i += kRows) {
-      V acc[kRows][2];
-      for (int r = 0; r < kRows; ++r)
-        for (int h = 0; h < 2; ++h) acc[r][h] = accumulate ? Load<V>(c + (i + r) * ldc + j + h * kLanes) : V{};
-      for (int64_t p = 0; p < depth; ++p) {
-        const V b0 = Load<V>(b + p * ldb + j), b1 = Load<V>(b + p * ldb + j + kLanes);
-        for (int r = 0; r < kRows; ++r) {
-          const R x = at(i + r, p);
-          acc[r][0] += x * b0;
-          acc[r][1] += x * b1;
-        }
-      }
-      for (int r = 0; r < kRows; ++r)
-        for (int h = 0; h < 2; ++h) Store(c + (i + r) * ldc + j + h * kLanes, acc[r][h]);
-    }
-    for (; i < m; ++i) {
-      V acc0 = accumulate ? Load<V>(c + i * ldc + j) : V{};
-      V acc1 = accumulate ? Load<V>(c + i * ldc + j + kLanes) : V{};
-      for (int64_t p = 0; p < depth; ++p) {
-        const R x = at(i, p);
-        acc0 += x * Load<V>(b + p * ldb + j);
-        acc1 += x * Load<V>(b + p * ldb + j + kLanes);
-      }
-      Store(c + i * ldc + j, acc0);
-      Store(c + i * ldc + j + kLanes, acc1);
-    }
-  }
-  for (; j + kLanes <= n; j += kLanes)
-    for (int64_t i = 0; i < m; ++i) {
-      V acc = accumulate ? Load<V>(c + i * ldc + j) : V{};
-      for (int64_t p = 0; p < depth; ++p) acc += at(i, p) * Load<V>(b + p * ldb + j);
-      Store(c + i * ldc + j, acc);
-    }
+  int64_t j = GemmColumns<R, kTransA, 64, 2>(0, m, n, depth, a, lda, b, ldb, c, ldc, accumulate);
+  j = GemmColumns<R, kTransA, 64, 1>(j, m, n, depth, a, lda, b, ldb, c, ldc, accumulate);
+  j = GemmColumns<R, kTransA, 32, 1>(j, m, n, depth, a, lda, b, ldb, c, ldc, accumulate);
+  j = GemmColumns<R, kTransA, 16, 1>(j, m, n, depth, a, lda, b, ldb, c, ldc, accumulate);
   for (; j < n; ++j)  // columns past the last vector
     for (int64_t i = 0; i < m; ++i) {
       R sum = accumulate ? c[i * ldc + j] : R(0);
-      for (int64_t p = 0; p < depth; ++p) sum += at(i, p) * b[p * ldb + j];
+      for (int64_t p = 0; p < depth; ++p) sum += (kTransA ? a[p * lda + i] : a[i * lda + p]) * b[p * ldb + j];
       c[i * ldc + j] = sum;
     }
 }
@@ -134,7 +130,7 @@ constexpr int64_t kKeys = 64;       // keys per step (a multiple of every vector
 // these reductions without -ffast-math).
 template <typename R>
 R MaxOf(const R* x) {
-  using V = typename Vector<R>::type;
+  using V = typename Vector<R, 64>::type;
   constexpr int64_t kLanes = sizeof(V) / sizeof(R);
   V acc = Load<V>(x);
   for (int64_t j = kLanes; j < kKeys; j += kLanes) {
@@ -148,7 +144,7 @@ R MaxOf(const R* x) {
 
 template <typename R>
 R SumOf(const R* x) {
-  using V = typename Vector<R>::type;
+  using V = typename Vector<R, 64>::type;
   constexpr int64_t kLanes = sizeof(V) / sizeof(R);
   V acc = Load<V>(x);
   for (int64_t j = kLanes; j < kKeys; j += kLanes) acc += Load<V>(x + j);
@@ -197,7 +193,7 @@ void PackTransposed(const Shape& sh, const R* x, R* out) {
 // columns past `cols` are never read.
 template <typename R>
 int64_t PaddedColumns(int64_t cols) {
-  constexpr int64_t kPair = 2 * sizeof(typename Vector<R>::type) / sizeof(R);
+  constexpr int64_t kPair = 2 * sizeof(typename Vector<R, 64>::type) / sizeof(R);
   return std::min(kKeys, (cols + kPair - 1) / kPair * kPair);
 }
 
