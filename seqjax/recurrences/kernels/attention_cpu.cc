@@ -189,8 +189,8 @@ void PackTransposed(const Shape& sh, const R* x, R* out) {
 }
 
 // A step's columns rounded up to whole pairs of vectors (at most kKeys): the scores'
-// products run on every column of the packed blocks, whose padding is zero, and the
-// columns past `cols` are never read.
+// products run on whole vectors of the packed blocks (whose padding is zero), and the
+// columns past `cols` are masked out.
 template <typename R>
 int64_t PaddedColumns(int64_t cols) {
   constexpr int64_t kPair = 2 * sizeof(typename Vector<R, 64>::type) / sizeof(R);
