@@ -174,24 +174,29 @@ def measure(family: str, methods: list[str | None], hidden: int, length: int, ba
     models = {method: _model(family, hidden, method) for method in methods}
     first = next(iter(models.values()))
     n = _params(first)
-    params = jax.eval_shape(lambda: first.init(jax.random.key(0)))  # the methods share parameters
-    xs = jax.ShapeDtypeStruct((batch, length, FLAGS.input_size), jnp.float32)
+    # Planned on shapes alone: nothing of a skipped size is allocated.
+    shapes = (
+        jax.eval_shape(lambda: first.init(jax.random.key(0))),
+        jax.ShapeDtypeStruct((batch, length, FLAGS.input_size), jnp.float32),
+    )
     fns = {method: _functions(model) for method, model in models.items()}
-    memory = {method: _memory_mb(fns[method][0], params, xs) for method in methods}
+    memory = {method: _memory_mb(fns[method][0], *shapes) for method in methods}
     budget = memory_budget_mb()
+    over = {method for method in methods if (memory[method] or 0) > budget}
     rows = [
         Row(family, method or "-", mode, length, batch, hidden, n, None, None, memory[method], note)
         for method in methods
-        if memory[method] is not None and memory[method] > budget
+        if method in over
         for note in [f"skipped: plans {memory[method]:.0f} MB, over --max_memory_mb={budget:.0f}"]
         for mode in MODES
     ]
-    fns = {method: fn for method, fn in fns.items() if not (memory[method] or 0) > budget}
-    if fns:
-        params = first.init(jax.random.key(0))
-        data = jax.random.normal(jax.random.key(1), xs.shape)
-    for k, mode in enumerate(MODES if fns else ()):
-        timed = _time_alternating({method: (fn[k], (params, data)) for method, fn in fns.items()})
+    fns = {method: fn for method, fn in fns.items() if method not in over}
+    if not fns:
+        return rows
+    params = first.init(jax.random.key(0))  # the methods share parameters
+    xs = jax.random.normal(jax.random.key(1), shapes[1].shape)
+    for k, mode in enumerate(MODES):
+        timed = _time_alternating({method: (fn[k], (params, xs)) for method, fn in fns.items()})
         for method, (ms, ms_min) in timed.items():
             rows.append(
                 Row(family, method or "-", mode, length, batch, hidden, n, ms, ms_min, memory[method])

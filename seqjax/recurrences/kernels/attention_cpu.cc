@@ -398,29 +398,30 @@ ffi::Error BackwardFfi(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi
 }  // namespace
 
 #ifndef SEQJAX_NO_FFI
+// The arguments both passes take first.
+static auto AttentionInputs() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::AnyBuffer>()          // q
+      .Arg<ffi::AnyBuffer>()          // k
+      .Arg<ffi::AnyBuffer>()          // v
+      .Arg<ffi::Buffer<ffi::S32>>();  // lengths
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxAttentionForward, ForwardFfi,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()         // q
-                                  .Arg<ffi::AnyBuffer>()         // k
-                                  .Arg<ffi::AnyBuffer>()         // v
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
-                                  .Ret<ffi::AnyBuffer>()         // out
-                                  .Ret<ffi::AnyBuffer>()         // lse
+                              AttentionInputs()
+                                  .Ret<ffi::AnyBuffer>()  // out
+                                  .Ret<ffi::AnyBuffer>()  // lse
                                   .Attr<bool>("causal")
                                   .Attr<double>("scale"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxAttentionBackward, BackwardFfi,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()         // q
-                                  .Arg<ffi::AnyBuffer>()         // k
-                                  .Arg<ffi::AnyBuffer>()         // v
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths
-                                  .Arg<ffi::AnyBuffer>()         // out
-                                  .Arg<ffi::AnyBuffer>()         // lse
-                                  .Arg<ffi::AnyBuffer>()         // d_out
-                                  .Ret<ffi::AnyBuffer>()         // dq
-                                  .Ret<ffi::AnyBuffer>()         // dk
-                                  .Ret<ffi::AnyBuffer>()         // dv
+                              AttentionInputs()
+                                  .Arg<ffi::AnyBuffer>()  // out
+                                  .Arg<ffi::AnyBuffer>()  // lse
+                                  .Arg<ffi::AnyBuffer>()  // d_out
+                                  .Ret<ffi::AnyBuffer>()  // dq
+                                  .Ret<ffi::AnyBuffer>()  // dk
+                                  .Ret<ffi::AnyBuffer>()  // dv
                                   .Attr<bool>("causal")
                                   .Attr<double>("scale"));
 #endif
