@@ -105,9 +105,10 @@ int64_t GemmColumns(int64_t j, int64_t m, int64_t n, int64_t depth, const R* a, 
 }
 
 // c[i, j] (+)= sum_p a(i, p) b[p, j] for i < m, j < n, p < depth, with a(i, p) = a[i * lda + p],
-// or a[p * lda + i] if kTransA: blocks of two 64-byte vectors (8 rows with AVX-512: 154 GF/s
-// on 2 Zen 4 cores, against 109 with 4 rows and 137 with 12), then narrower vectors for the
-// columns left (a head of 4 or 8 floats), then scalars.
+// or a[p * lda + i] if kTransA: blocks of two 64-byte vectors (8 rows with AVX-512: the
+// backward at t=1024 ran at 154 GF/s on 2 Zen 4 cores, against 116 with 4 rows and 137
+// with 12), then narrower vectors for the columns left (a head of 4 or 8 floats), then
+// scalars.
 template <typename R, bool kTransA>
 void Gemm(int64_t m, int64_t n, int64_t depth, const R* a, int64_t lda, const R* b, int64_t ldb, R* c,
           int64_t ldc, bool accumulate) {
