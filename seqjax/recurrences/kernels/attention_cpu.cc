@@ -30,6 +30,7 @@
 #include "threads.h"
 
 #ifndef SEQJAX_NO_FFI
+#include "ffi_buffers.h"
 #include "xla/ffi/api/ffi.h"
 namespace ffi = xla::ffi;
 #endif
@@ -340,15 +341,8 @@ ffi::Error ShapeOf(const ffi::AnyBuffer& q, const ffi::AnyBuffer& k, const ffi::
   return ffi::Error::Success();
 }
 
-template <typename R>
-const R* In(const ffi::AnyBuffer& x) {
-  return static_cast<const R*>(x.untyped_data());
-}
-
-template <typename R>
-R* Out(ffi::Result<ffi::AnyBuffer>& x) {
-  return static_cast<R*>(x->untyped_data());
-}
+using seqjax::In;
+using seqjax::Out;
 
 ffi::Error ForwardFfi(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::Buffer<ffi::S32> lengths,
                       ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse, bool causal, double scale) {

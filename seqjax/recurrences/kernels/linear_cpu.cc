@@ -43,6 +43,7 @@
 #include "threads.h"
 
 #ifndef SEQJAX_NO_FFI
+#include "ffi_buffers.h"
 #include "xla/ffi/api/ffi.h"
 namespace ffi = xla::ffi;
 #endif
@@ -632,15 +633,8 @@ SelectiveShape SelectiveShapeOf(const ffi::AnyBuffer& delta, const ffi::AnyBuffe
   return {d[0], d[1], d[2], n[2]};
 }
 
-template <typename R>
-const R* In(const ffi::AnyBuffer& x) {
-  return static_cast<const R*>(x.untyped_data());
-}
-
-template <typename R>
-R* Out(ffi::Result<ffi::AnyBuffer>& x) {
-  return static_cast<R*>(x->untyped_data());
-}
+using seqjax::In;
+using seqjax::Out;
 
 ffi::Error SelectiveForwardFfi(ffi::AnyBuffer delta, ffi::AnyBuffer x, ffi::AnyBuffer a, ffi::AnyBuffer bm,
                                ffi::AnyBuffer cm, ffi::AnyBuffer h0, ffi::Buffer<ffi::S32> lengths,
