@@ -46,7 +46,7 @@ FULL = dict(
     steps=20000,
 )
 
-# A CPU-sized subset (552 s alone on 2 cores; the README's first Zoology table),
+# A CPU-sized subset (529 s alone on 2 cores; the README's first Zoology table),
 # chosen by measurement. Over a 64-token vocabulary the GRU and RG-LRU recalled about
 # one pair at widths 32 and 64 within 1500 steps (0.29-0.52): no width effect showed.
 # Over 16 tokens (t=32, 2 pairs, width 64) Mamba at rate 3e-3 had one seed of three at
